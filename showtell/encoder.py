@@ -1,0 +1,309 @@
+"""Image encoder: a torchvision CNN (or ViT) without its classifier, then a Linear image embedding.
+
+Follows Show and Tell / im2txt:
+- the CNN is an ImageNet classifier whose last layer is removed; its pooled features (B, D) are mapped by one
+  Linear layer without bias to the word-embedding size E (im2txt's ``image_embedding``, the paper's W_I);
+- the CNN is frozen by default (im2txt trains the LSTM first and fine-tunes the CNN only in a second phase,
+  "lessons learned" +1 BLEU-4); ``unfreeze()`` starts that second phase.
+
+Deviations / additions:
+- any backbone from ``BACKBONES`` (the paper used GoogLeNet / Inception v3; Tanti et al. 2018 used VGG16 fc7);
+- a frozen backbone stays in eval mode even when the parent module is put in train mode, so its BatchNorm
+  statistics and dropout never change (im2txt does the same with ``is_training=False`` for a frozen CNN);
+- the embedding keeps PyTorch's default Linear initialisation (im2txt: uniform(-0.08, 0.08));
+- ``feature_dim`` builds an encoder without CNN that embeds precomputed (cached) features.
+
+Preprocessing (resize, crop, mean, std) comes from the torchvision weights it belongs to (``preprocess_for``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+RANDOM_INIT_SEED = 0  # weights=None always gives the same CNN
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (typically: no internet)."""
+
+
+# -------------------------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the pretrained weights expect: resize the short side, center-crop, normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # torchvision InterpolationMode value: "bilinear" | "bicubic" | ...
+
+    def transform(self) -> Callable:
+        """PIL image -> normalised (3, crop, crop) tensor, as the weights were evaluated on ImageNet."""
+        from torchvision import transforms
+
+        return transforms.Compose([
+            transforms.Resize(self.resize, interpolation=transforms.InterpolationMode(self.interpolation),
+                              antialias=True),
+            transforms.CenterCrop(self.crop),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+
+def preprocess_for(name: str, weights: str | None, image_size: int | None = None) -> Preprocess:
+    """Preprocessing for backbone ``name`` with ``weights`` (a torchvision weights name, None or a file path).
+
+    ``image_size`` overrides the crop size; the resize is then ``round(image_size * 256 / 224)``.
+    """
+    _spec(name)
+    resolved = _resolve_weights(name, weights)
+    if isinstance(resolved, WeightsEnum):
+        t = resolved.transforms()
+        pre = Preprocess(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), mean=tuple(t.mean),
+                         std=tuple(t.std), interpolation=t.interpolation.value)
+    elif name == "inception_v3":
+        pre = Preprocess(resize=342, crop=299)
+    else:
+        pre = Preprocess(resize=256, crop=224)
+    if image_size is not None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        pre = Preprocess(resize=round(image_size * 256 / 224), crop=image_size, mean=pre.mean, std=pre.std,
+                         interpolation=pre.interpolation)
+    return pre
+
+
+# ------------------------------------------------------------------------------------------------- backbones
+
+
+def _cut_fc(model: nn.Module) -> int:
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return dim
+
+
+def _cut_inception(model: nn.Module) -> int:
+    # Without the auxiliary classifier, train mode returns a tensor instead of InceptionOutputs.
+    model.aux_logits = False
+    model.AuxLogits = None
+    return _cut_fc(model)
+
+
+def _cut_vgg_fc7(model: nn.Module) -> int:
+    # classifier = fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8: keep up to fc7 + ReLU (Tanti et al.'s).
+    dim = model.classifier[-1].in_features
+    model.classifier = model.classifier[:-1]
+    return dim
+
+
+def _cut_classifier(model: nn.Module) -> int:
+    # efficientnet: (Dropout, Linear); mobilenet_v3: (Linear, Hardswish, Dropout, Linear) -> pooled features.
+    dim = next(m for m in model.classifier if isinstance(m, nn.Linear)).in_features
+    model.classifier = nn.Identity()
+    return dim
+
+
+def _cut_last_linear(model: nn.Module) -> int:
+    # convnext: (LayerNorm2d, Flatten, Linear) -> keep the normalised, flattened pooled features.
+    dim = model.classifier[-1].in_features
+    model.classifier[-1] = nn.Identity()
+    return dim
+
+
+def _cut_vit_heads(model: nn.Module) -> int:
+    dim = model.hidden_dim
+    model.heads = nn.Identity()  # forward then returns the CLS token (B, hidden_dim)
+    return dim
+
+
+@dataclass(frozen=True)
+class _Spec:
+    cut_head: Callable[[nn.Module], int]  # removes the classifier in place, returns the feature size D
+    kwargs: tuple[tuple[str, object], ...] = ()  # constructor arguments, identical for every kind of weights
+
+
+# Built as torchvision builds it for its pretrained weights (inputs re-normalised inside the model).
+_INCEPTION = _Spec(_cut_inception, (("transform_input", True), ("init_weights", False)))
+_SPECS: dict[str, _Spec] = {
+    **{f"resnet{n}": _Spec(_cut_fc) for n in (18, 34, 50, 101, 152)},
+    "inception_v3": _INCEPTION,
+    "vgg16": _Spec(_cut_vgg_fc7),
+    **{f"efficientnet_b{n}": _Spec(_cut_classifier) for n in range(4)},
+    "mobilenet_v3_small": _Spec(_cut_classifier),
+    "mobilenet_v3_large": _Spec(_cut_classifier),
+    "convnext_tiny": _Spec(_cut_last_linear),
+    "vit_b_16": _Spec(_cut_vit_heads),
+}
+BACKBONES: tuple[str, ...] = tuple(_SPECS)
+
+
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(BACKBONES)}")
+    return _SPECS[name]
+
+
+def _resolve_weights(name: str, weights: str | Path | None) -> WeightsEnum | Path | None:
+    """A weights name -> its torchvision enum member; a path -> Path; None -> None (random init)."""
+    if weights is None:
+        return None
+    enum = get_model_weights(name)
+    if isinstance(weights, str) and weights in enum.__members__:
+        return enum[weights]
+    path = Path(weights).expanduser()
+    if isinstance(weights, Path) or path.suffix in (".pth", ".pt") or len(path.parts) > 1 or path.exists():
+        return path
+    raise ValueError(f"unknown weights {weights!r} for {name}; valid: {', '.join(enum.__members__)}, "
+                     "a .pth/.pt file path, or null for random init")
+
+
+def _fetch(name: str, weights: WeightsEnum) -> None:
+    """Make sure torchvision's cache holds the weights file; a clear error when it cannot be downloaded."""
+    file = weights.url.rsplit("/", 1)[-1]
+    folder = (Path(torch.hub.get_dir()) / "checkpoints").resolve()
+    if (folder / file).is_file():
+        return  # torchvision loads a cached file without network
+    match = torch.hub.HASH_REGEX.search(file)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(folder / file),
+                                       hash_prefix=match.group(1) if match else None, progress=True)
+    except (URLError, OSError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise WeightsUnavailableError(
+            f"could not download {name} weights {weights.name} ({type(err).__name__}: {reason}); "
+            f"put {file} into {folder} (download it from {weights.url}), or set `weights: /path/to/file.pth` "
+            "(a torchvision state_dict) or `weights: null` (random init)") from err
+
+
+def _load_file(model: nn.Module, path: Path, name: str, cut_head: Callable[[nn.Module], int]) -> int:
+    """Load a state_dict of the full torchvision model (or of the already cut backbone); return D."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist (or give a torchvision weights name)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file gets the same one-line message
+        raise ValueError(f"could not read weights file {path} as a state_dict: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, expected a state_dict")
+    dim = None
+    if set(state) != set(model.state_dict()):
+        dim = cut_head(model)  # maybe a checkpoint of the backbone without its head
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"weights file {path} does not match torchvision {name}: {len(missing)} missing "
+                         f"keys {missing[:2]}, {len(unexpected)} unexpected keys {unexpected[:2]}; expected "
+                         f"the state_dict of torchvision.models.{name}()")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        shapes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ValueError(f"weights file {path} does not fit torchvision {name}: "
+                         f"{shapes[0] if shapes else str(err).splitlines()[0]}") from err
+    return cut_head(model) if dim is None else dim
+
+
+def build_backbone(name: str, weights: str | Path | None = "DEFAULT") -> tuple[nn.Module, int]:
+    """Torchvision ``name`` without its classifier, mapping (B, 3, H, W) -> (B, D); returns (module, D).
+
+    ``weights``: a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...), a local ``.pth``/``.pt``
+    state_dict of the full torchvision model (or of the cut backbone), or None for random initialisation.
+    """
+    spec = _spec(name)
+    resolved = _resolve_weights(name, weights)
+    kwargs = dict(spec.kwargs)
+    if isinstance(resolved, WeightsEnum):
+        _fetch(name, resolved)
+        model = get_model(name, weights=resolved, progress=False, **kwargs)
+        dim = spec.cut_head(model)
+    else:
+        # Random init is seeded on its own: the feature cache (built by the data module) and the model's
+        # encoder must hold the *same* random CNN, or cached-feature training and image captioning disagree.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = get_model(name, weights=None, **kwargs)
+        dim = spec.cut_head(model) if resolved is None else _load_file(model, resolved, name, spec.cut_head)
+    if resolved is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise ValueError(f"weights {weights} for {name} contain NaN/inf in the layers the encoder keeps "
+                         "(e.g. vgg16 IMAGENET1K_FEATURES has no classifier weights); use other weights")
+    return model, dim
+
+
+# --------------------------------------------------------------------------------------------------- encoder
+
+
+class ImageEncoder(nn.Module):
+    """Frozen-by-default backbone + Linear image embedding: (B, 3, H, W) or (B, D) -> (B, E)."""
+
+    def __init__(self, name: str = "resnet50", weights: str | None = "DEFAULT", embed_size: int = 512,
+                 frozen: bool = True, feature_dim: int | None = None):
+        super().__init__()
+        self.name = name
+        if feature_dim is None:
+            self.backbone, self.num_features = build_backbone(name, weights)
+        else:  # precomputed features are fed: no CNN at all
+            if feature_dim < 1:
+                raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+            self.backbone, self.num_features = None, feature_dim
+        self.embed_size = embed_size
+        self.embed = nn.Linear(self.num_features, embed_size, bias=False)  # im2txt: no bias
+        self._frozen = False
+        if frozen:
+            self.freeze()
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Backbone gets no gradients and stays in eval mode (BatchNorm statistics and dropout fixed)."""
+        self._frozen = True
+        if self.backbone is not None:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def unfreeze(self) -> None:
+        """Fine-tuning: backbone trainable and following the parent's train/eval mode."""
+        self._frozen = False
+        if self.backbone is not None:
+            self.backbone.requires_grad_(True)
+            self.backbone.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        if self._frozen and self.backbone is not None:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled backbone features: (B, 3, H, W) -> (B, D)."""
+        if self.backbone is None:
+            raise RuntimeError("this encoder has no backbone (feature_dim was given): feed precomputed "
+                               f"(B, {self.num_features}) features instead of images")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._frozen):
+            return self.backbone(images)  # (B, D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pixels (B, 3, H, W) or precomputed features (B, D) -> image embeddings (B, E)."""
+        if x.dim() == 4:
+            x = self.features(x)
+        elif x.dim() != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected images (B, 3, H, W) or features (B, {self.num_features}), "
+                             f"got shape {tuple(x.shape)}")
+        return self.embed(x)  # (B, E)
