@@ -41,3 +41,34 @@ def flickr8k_shared() -> Path:
     if root is None:
         pytest.skip("../shared/flickr8k (real Flickr8k captions) is not present")
     return root
+
+
+def tiny_data_kwargs(root: Path) -> dict:
+    """Data module arguments for a tiny, fast CPU run on the demo fixture."""
+    return dict(root=str(root), encoder="resnet18", weights=None, image_size=64, batch_size=16, num_workers=0,
+                min_count=1, progress=False)
+
+
+def tiny_model_kwargs() -> dict:
+    return dict(encoder="resnet18", weights=None, embed_size=32, hidden_size=32, dropout=0.0, lr=3e-3,
+                test_beam_size=2, max_caption_len=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(demo_root, tmp_path_factory) -> Path:
+    """A checkpoint of a tiny model trained for a few steps on the demo fixture (random frozen resnet18)."""
+    import lightning as L
+
+    from showtell.data import Flickr8kDataModule
+    from showtell.module import ShowTellModule
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    data = Flickr8kDataModule(**tiny_data_kwargs(demo_root), cache_dir=str(out / "cache"))
+    model = ShowTellModule(vocab_size=data.vocab_size, **tiny_model_kwargs())
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(out), num_sanity_val_steps=0,
+                        enable_checkpointing=False)
+    trainer.fit(model, datamodule=data)
+    path = out / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path

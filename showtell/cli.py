@@ -1,0 +1,101 @@
+"""The command line: LightningCLI over ``Flickr8kDataModule`` and ``ShowTellModule``.
+
+``python train.py [--config FILE ...] [--section.key=value ...]`` fits, then tests the best checkpoint,
+prints the test metrics and the run folder. The typed constructor arguments of the two classes are the
+schema (``--help`` lists them); values that follow from the data (vocabulary size, feature size) are linked
+from the data module into the model, and the encoder choice is linked from the model into the data module
+(it decides the preprocessing and the feature cache).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from showtell.data import Flickr8kDataModule
+from showtell.encoder import WeightsUnavailableError
+from showtell.module import ShowTellModule
+from showtell.sources import DatasetError
+
+# Errors whose message tells the user what to do: printed as one line, without a traceback.
+USER_ERRORS = (DatasetError, WeightsUnavailableError, FileExistsError)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
+
+
+def _frozen(finetune_after: int | None) -> bool:
+    return finetune_after is None
+
+
+class ShowTellCLI(LightningCLI):
+    def __init__(self, args=None, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # re-running into one folder must work
+        kwargs.setdefault("auto_configure_optimizers", False)  # the module's own optimizer arguments
+        kwargs.setdefault("seed_everything_default", 0)
+        super().__init__(ShowTellModule, Flickr8kDataModule, args=args, run=False, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.encoder", "data.encoder")
+        parser.link_arguments("model.weights", "data.weights")
+        parser.link_arguments("model.finetune_after", "data.frozen_encoder", compute_fn=_frozen)
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.feature_dim", "model.feature_dim", apply_on="instantiate")
+
+    def summary(self) -> str:
+        """One line: dataset sizes, vocabulary, parameters, device, precision."""
+        data, trainer = self.datamodule, self.trainer
+        sizes = "/".join(str(len(data.corpus.splits[s])) for s in ("train", "val", "test"))
+        trainable, frozen = self.model.parameter_counts()
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            device = f"{device} ({torch.cuda.get_device_name(device)})"
+        return (f"showtell: {data.corpus.format} data, {sizes} train/val/test images, vocab {data.vocab_size}, "
+                f"{trainable / 1e6:.2f}M trainable + {frozen / 1e6:.2f}M frozen parameters, "
+                f"{trainer.num_devices}x {device}, precision {trainer.precision}")
+
+
+def quiet_known_warnings() -> None:
+    """Silence warnings that are expected here and would only confuse users."""
+    # The frozen CNN is in eval mode on purpose (BatchNorm statistics and dropout stay frozen).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python")
+    warnings.filterwarnings("ignore", message=r".*(skip_none|instantiate_classes).*deprecated")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def main(args: list[str] | None = None) -> dict:
+    """Fit, test the best checkpoint, print the results table and the run folder. Returns test metrics.
+
+    Bad input (no dataset, weights that cannot be downloaded, ...) ends with one line on stderr, exit code 2.
+    """
+    try:
+        return _fit_and_test(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _fit_and_test(args: list[str] | None) -> dict:
+    quiet_known_warnings()
+    args = list(sys.argv[1:] if args is None else args)
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        args = ["--config", str(DEFAULT_CONFIG), *args]  # no --config: the Flickr8k paper baseline
+    cli = ShowTellCLI(args=args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    print(cli.summary(), flush=True)
+    trainer.fit(model, datamodule=data)
+    if trainer.interrupted:
+        print("training interrupted: skipping the test", file=sys.stderr)
+        return {}
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+    print(f"testing {'the best checkpoint ' + best if best else 'the last weights'}", flush=True)
+    trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
+    if trainer.is_global_zero:
+        print(f"run folder: {model.output_dir()}", flush=True)
+    return model.test_metrics

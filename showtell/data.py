@@ -1,0 +1,306 @@
+"""Flickr8k as a LightningDataModule: image/caption pairs for training, images with all references for eval.
+
+Samples come either from image files (decoded and transformed per step) or from encoder features computed
+once (the default with a frozen encoder and no augmentation, see ``showtell.features``) or brought by the
+user (``features=...``). Datasets fetch whole batches at once (``__getitems__``), so on in-memory features
+a batch is a few tensor gathers, never a Python loop over samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from showtell.features import (
+    FeatureTable,
+    cache_key,
+    cached_features,
+    extract_features,
+    load_features,
+    load_rgb,
+)
+from showtell.sources import CaptionCorpus, DatasetError, SkipReport, load_corpus
+from showtell.vocab import PAD_ID, Vocabulary, tokenize
+
+log = logging.getLogger(__name__)
+
+
+class Batch(NamedTuple):
+    images: Tensor  # (B, 3, H, W) pixels, or (B, D) precomputed encoder features
+    captions: Tensor  # (B, T) long: <start> w1..wn <end> then <pad>
+    lengths: Tensor  # (B,) tokens per caption including <start> and <end>
+    references: list[list[list[str]]]  # per sample, every reference caption as tokens
+    image_ids: list[str]
+    indices: Tensor  # (B,) dataset index of each sample (for DDP de-duplication)
+
+
+def image_transform(preprocess, image_size: int | None, augment: bool) -> T.Compose:
+    """The transform the encoder's weights expect (resize, centre crop, mean/std).
+
+    ``image_size`` given: the whole image is resized to a square of that size (no crop), as for the small
+    synthetic demo images. ``augment``: a mild random resized crop only; no flips or colour jitter, which
+    would contradict captions that say "on the left" or "a red ball".
+    """
+    crop = image_size or preprocess.crop
+    mode = T.InterpolationMode(preprocess.interpolation)
+    if augment:
+        geometry = [T.RandomResizedCrop(crop, scale=(0.7, 1.0), interpolation=mode, antialias=True)]
+    elif image_size:
+        geometry = [T.Resize((image_size, image_size), interpolation=mode, antialias=True)]
+    else:
+        geometry = [T.Resize(preprocess.resize, interpolation=mode, antialias=True), T.CenterCrop(preprocess.crop)]
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)])
+
+
+class CaptionDataset(Dataset):
+    """Train (``per_caption``): one sample per (image, caption). Eval: one sample per image, all references.
+
+    Captions are encoded once into a padded (N, T) tensor; ``__getitems__`` returns a whole ``Batch``.
+    """
+
+    def __init__(self, names: Sequence[str], captions: dict[str, list[str]], vocab: Vocabulary, *,
+                 per_caption: bool, max_len: int, features: FeatureTable | None = None,
+                 image_dir: Path | None = None, transform=None):
+        self.names = list(names)
+        self.references = [[tokenize(c) for c in captions[n]] for n in self.names]
+        pairs = [(i, r) for i in range(len(self.names)) for r in range(len(captions[self.names[i]]))]
+        if not per_caption:
+            pairs = [(i, 0) for i in range(len(self.names))]  # eval: loss on the first reference
+        encoded = [vocab.encode(self.references[i][r][:max_len]) for i, r in pairs]
+        self.truncated = sum(len(self.references[i][r]) > max_len for i, r in pairs)
+        self.image_of = torch.tensor([i for i, _ in pairs], dtype=torch.long)  # (N,)
+        self.lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)  # (N,)
+        self.captions = torch.full((len(encoded), int(self.lengths.max())), PAD_ID, dtype=torch.long)  # (N, T)
+        for row, ids in enumerate(encoded):
+            self.captions[row, : len(ids)] = torch.tensor(ids)
+        self.features, self.image_dir, self.transform = features, image_dir, transform
+        if features is not None:
+            self.feature_rows = torch.tensor([features.row[n] for n in self.names], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.image_of)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        image_idx = self.image_of[idx].tolist()
+        lengths = self.lengths[idx]
+        captions = self.captions[idx, : int(lengths.max())]
+        if self.features is not None:
+            images = self.features.features[self.feature_rows[self.image_of[idx]]]  # (B, D)
+        else:
+            images = torch.stack([self.transform(load_rgb(self.image_dir / self.names[i])) for i in image_idx])
+        return Batch(images, captions, lengths, [self.references[i] for i in image_idx],
+                     [self.names[i] for i in image_idx], idx)
+
+
+def _passthrough(batch: Batch) -> Batch:
+    return batch  # the dataset already returns a collated Batch
+
+
+class Flickr8kDataModule(L.LightningDataModule):
+    """Flickr8k (Kaggle, original or Karpathy layout) or the offline synthetic demo.
+
+    Args:
+        root: folder holding the dataset (any published layout), or where the demo is generated.
+        format: ``auto`` detects the layout from the files in ``root``.
+        batch_size: training batch size (captions per step).
+        eval_batch_size: images per validation/test step (default 4 x batch_size; decoding is batched).
+        num_workers: image-decoding workers (unused on in-memory features).
+        min_count: words seen fewer times in the train split map to ``<unk>``.
+        max_len: training captions are cut to this many words (default keeps all Flickr8k captions).
+        encoder, weights: the backbone whose preprocessing (and cached features) to use; linked from
+            the model in the CLI.
+        image_size: resize whole images to this square size instead of the weights' resize + centre crop.
+        augment: random resized crops at train time (forces images instead of cached features).
+        features: a bring-your-own ``.npz`` (``names``, ``features``); no image folder needed then.
+        cache_features: with a frozen encoder and no augmentation, extract features once and train on them.
+        cache_dir: where cached features go (default ``<root>/.showtell_cache``).
+        frozen_encoder: whether the encoder stays frozen for the whole run (linked from the model).
+        demo: generate the synthetic shapes dataset into ``root`` if it holds no dataset.
+        demo_images, demo_image_size, demo_seed: size, resolution and seed of the demo.
+        split_seed: seed of the by-image split used when the layout carries no official split.
+        progress: progress bars for one-time work (demo generation, image scan, feature extraction).
+    """
+
+    def __init__(self, root: str = "data/flickr8k", format: Literal["auto", "kaggle", "original", "karpathy"] = "auto",
+                 batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 4,
+                 min_count: int = 5, max_len: int = 40, encoder: str = "resnet50", weights: str | None = "DEFAULT",
+                 image_size: int | None = None, augment: bool = False, features: str | None = None,
+                 cache_features: bool = True, cache_dir: str | None = None, frozen_encoder: bool = True,
+                 demo: bool = False, demo_images: int = 3000, demo_image_size: int = 128, demo_seed: int = 0,
+                 split_seed: int = 0, progress: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self._corpus: CaptionCorpus | None = None
+        self._vocab: Vocabulary | None = None
+        self._features: FeatureTable | None = None
+        self.datasets: dict[str, CaptionDataset] = {}
+        self.report = SkipReport()
+
+    # ----- what the CLI links into the model -------------------------------------------------------------
+    @property
+    def vocab(self) -> Vocabulary:
+        if self._vocab is None:
+            self._vocab = Vocabulary.build(
+                (c for name in self.corpus.splits["train"] for c in self.corpus.captions[name]),
+                min_count=self.hparams.min_count)
+        return self._vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def feature_dim(self) -> int | None:
+        """D of a bring-your-own features file (the model then has no CNN), else None."""
+        return self._user_features().dim if self.hparams.features else None
+
+    # ----- corpus and features -----------------------------------------------------------------------------
+    @property
+    def corpus(self) -> CaptionCorpus:
+        if self._corpus is None:
+            self._corpus = self._load_corpus()
+        return self._corpus
+
+    def _load_corpus(self) -> CaptionCorpus:
+        hp = self.hparams
+        if hp.demo:
+            from showtell.demo import generate_demo
+            generate_demo(self.root, num_images=hp.demo_images, seed=hp.demo_seed,
+                          image_size=hp.demo_image_size, progress=hp.progress)
+        corpus = load_corpus(self.root, hp.format, split_seed=hp.split_seed,
+                             require_images=not hp.features)
+        self.report = corpus.report
+        if hp.features:
+            self._drop_images_without_features(corpus)
+        return corpus
+
+    def _drop_images_without_features(self, corpus: CaptionCorpus) -> None:
+        table = self._user_features()
+        for split, names in corpus.splits.items():
+            kept = [n for n in names if n in table.row]
+            for name in names:
+                if name not in table.row:
+                    corpus.report.add(f"images missing from the features file ({split})", name)
+            if not kept:
+                raise DatasetError(f"none of the {len(names)} {split} images of {self.root} is in the features "
+                                   f"file {hp_path(self.hparams.features)}; do the names match the caption file?")
+            corpus.splits[split] = kept
+
+    def _user_features(self) -> FeatureTable:
+        if self._features is None:
+            self._features = load_features(self.hparams.features)
+        return self._features
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether training reads encoder features computed once instead of images (and why not)."""
+        return self._cache_decision()[0]
+
+    def _cache_decision(self) -> tuple[bool, str]:
+        hp = self.hparams
+        if hp.features:
+            return False, "bring-your-own features"
+        if not hp.cache_features:
+            return False, "feature caching is off (cache_features: false)"
+        if hp.augment:
+            return False, "augment: true needs fresh image crops every step, so images are used, not cached features"
+        if not hp.frozen_encoder:
+            return False, "the encoder is fine-tuned, so images are used, not cached features"
+        return True, "the encoder is frozen: features are computed once and cached"
+
+    def _cache_file(self) -> Path:
+        from showtell.encoder import preprocess_for
+        hp = self.hparams
+        spec = {"backbone": hp.encoder, "weights": str(hp.weights), "image_size": hp.image_size,
+                "preprocess": repr(preprocess_for(hp.encoder, hp.weights, None)), "version": 1}
+        names = sorted(n for names in self.corpus.splits.values() for n in names)
+        folder = Path(hp.cache_dir).expanduser() if hp.cache_dir else self.root / ".showtell_cache"
+        return folder / f"features_{hp.encoder}_{cache_key(names, spec)}.npz"
+
+    def _cached_features(self) -> FeatureTable:
+        from showtell.encoder import build_backbone, preprocess_for
+        hp = self.hparams
+        names = sorted(n for names in self.corpus.splits.values() for n in names)
+        transform = image_transform(preprocess_for(hp.encoder, hp.weights, None), hp.image_size, augment=False)
+
+        def compute():
+            backbone, _ = build_backbone(hp.encoder, hp.weights)
+            return extract_features(backbone, self.corpus.image_dir, names, transform,
+                                    num_workers=hp.num_workers, progress=hp.progress)
+
+        try:
+            return cached_features(self._cache_file(), names, compute)
+        except PermissionError as err:
+            raise DatasetError(f"cannot write the feature cache ({err}); set --data.cache_dir to a writable "
+                               "folder") from None
+
+    # ----- Lightning hooks -----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Runs on one process per node: generate the demo and fill the feature cache once.
+        _ = self.corpus
+        if self.uses_cache:
+            self._cached_features()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        corpus, vocab = self.corpus, self.vocab
+        use_cache, why = self._cache_decision()
+        features = self._user_features() if hp.features else self._cached_features() if use_cache else None
+        transform = eval_transform = None
+        if features is None:
+            from showtell.encoder import preprocess_for
+            preprocess = preprocess_for(hp.encoder, hp.weights, None)
+            transform = image_transform(preprocess, hp.image_size, hp.augment)
+            eval_transform = image_transform(preprocess, hp.image_size, augment=False)
+        for split in ("train", "val", "test"):
+            self.datasets[split] = CaptionDataset(
+                corpus.splits[split], corpus.captions, vocab, per_caption=split == "train", max_len=hp.max_len,
+                features=features, image_dir=corpus.image_dir,
+                transform=transform if split == "train" else eval_transform)
+        if self.report.counts():
+            print(self.report.summary())
+        print(self.describe() + f" ({why})")
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{s} {len(set(d.names))} images/{len(d)} samples" for s, d in self.datasets.items())
+        return f"data: {self.corpus.format} layout at {self.root}: {sizes}; vocab {self.vocab_size} words"
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        in_memory = dataset.features is not None
+        workers = 0 if in_memory else self.hparams.num_workers  # gathers from RAM: workers only add IPC
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_passthrough,
+                          num_workers=workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or 4 * self.hparams.batch_size
+
+
+def hp_path(path: str | None) -> str:
+    return str(Path(path).expanduser()) if path else "<none>"

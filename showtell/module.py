@@ -1,0 +1,260 @@
+"""ShowTellModule: the LightningModule around ``ImageEncoder`` -> ``CaptionDecoder``.
+
+Training is teacher-forced cross-entropy over real tokens (padding masked). Validation and test decode
+free-running (never teacher-forced), greedy or beam search through ``showtell.decoding``, and score corpus
+BLEU-1..4 against all references with coco-caption's exact formula (``showtell.metrics``), de-duplicated
+across DDP processes. Test also writes the captions (JSONL) and the full metric set (JSON) to the run folder.
+
+Checkpoints are self-contained: hyperparameters (encoder spec included), weights and the vocabulary (plain
+JSON data) are inside, so ``ShowTellModule.load_from_checkpoint(path)`` works in a fresh process without
+the dataset and without downloading pretrained weights.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from showtell.data import Batch
+from showtell.decoder import CaptionDecoder
+from showtell.decoding import Decoded, decode
+from showtell.encoder import ImageEncoder
+from showtell.metrics import CorpusBLEU, caption_metrics, format_metrics_table
+from showtell.vocab import PAD_ID, Vocabulary
+
+# Set while load_from_checkpoint builds the module: the checkpoint's state dict brings the CNN weights,
+# so constructing the encoder must not try to download the pretrained ones.
+_LOADING_CHECKPOINT = contextvars.ContextVar("showtell_loading_checkpoint", default=False)
+
+
+class ShowTellModule(L.LightningModule):
+    """Show and Tell captioner.
+
+    Args:
+        vocab_size: linked from the data module (``data.vocab_size``); never set by hand.
+        feature_dim: linked from the data module: the size of bring-your-own features (then no CNN is built).
+        encoder: torchvision backbone name (``showtell.encoder.BACKBONES``).
+        weights: torchvision weights name (``DEFAULT`` = ImageNet), ``null`` (random init) or a local file.
+        embed_size, hidden_size, num_layers, dropout: decoder sizes (paper / im2txt: 512, 512, 1, 0.3).
+        conditioning: where the image enters the LSTM: ``pre`` (paper: once at t=-1), ``init``, ``par``, ``merge``.
+        uniform_init: uniform(-a, a) init of the decoder (im2txt 0.08); null keeps PyTorch's defaults.
+        optimizer, lr, weight_decay, momentum: Adam (default) or SGD (im2txt: SGD lr 2.0, clip 5 via the
+            Trainer's ``gradient_clip_val``).
+        lr_step_epochs, lr_decay: multiply the learning rate by ``lr_decay`` every ``lr_step_epochs`` epochs.
+        finetune_after: unfreeze the CNN after this many epochs (the paper's follow-up), at ``finetune_lr``.
+        val_beam_size, test_beam_size: decoding at validation / test (1 = greedy).
+        max_caption_len: longest generated caption, in words.
+        length_penalty: rank beams by logprob / length**alpha (0 = im2txt, no normalisation).
+        log_samples: generated captions kept per validation epoch for the logger's sample table.
+    """
+
+    def __init__(self, vocab_size: int = 0, feature_dim: int | None = None, encoder: str = "resnet50",
+                 weights: str | None = "DEFAULT", embed_size: int = 512, hidden_size: int = 512,
+                 num_layers: int = 1, dropout: float = 0.3,
+                 conditioning: Literal["pre", "init", "par", "merge"] = "pre", uniform_init: float | None = 0.08,
+                 optimizer: Literal["adam", "sgd"] = "adam", lr: float = 4e-4, weight_decay: float = 0.0,
+                 momentum: float = 0.0, lr_step_epochs: int | None = None, lr_decay: float = 0.5,
+                 finetune_after: int | None = None, finetune_lr: float = 5e-4, val_beam_size: int = 1,
+                 test_beam_size: int = 3, max_caption_len: int = 20, length_penalty: float = 0.0,
+                 log_samples: int = 8):
+        super().__init__()
+        if vocab_size <= 4:
+            raise ValueError(f"vocab_size must be linked from the data module (got {vocab_size}); build the "
+                             "model through train.py / LightningCLI or pass data.vocab_size")
+        self.save_hyperparameters()
+        self.encoder = ImageEncoder(encoder, None if _LOADING_CHECKPOINT.get() else weights, embed_size,
+                                    frozen=True, feature_dim=feature_dim)
+        self.decoder = CaptionDecoder(vocab_size, embed_size, hidden_size, num_layers, dropout, conditioning,
+                                      uniform_init)
+        self.vocab: Vocabulary | None = None  # set from the data module at setup, or from a checkpoint
+        self.val_bleu = CorpusBLEU()
+        self.test_bleu = CorpusBLEU()
+        self.val_samples: list[dict[str, Any]] = []
+        self._test_records: list[dict[str, Any]] = []
+        self.test_split = "test"  # the split test_step scores (showtell.evaluate may set "val"); names outputs
+        self.test_metrics: dict[str, float | None] = {}
+
+    # ----- model --------------------------------------------------------------------------------------------
+    def embed_images(self, images: Tensor) -> Tensor:
+        """Pixels (B,3,H,W) or precomputed features (B,D) -> image embeddings (B,E)."""
+        if images.dim() == 2:
+            images = images.to(self.encoder.embed.weight.dtype)  # cached features are stored as float16
+        return self.encoder(images)
+
+    def forward(self, images: Tensor, captions: Tensor) -> Tensor:
+        """Teacher-forced: captions (B,T) = <start> w1..wn <end> <pad>.. -> logits (B,T-1,V) for w1..wn <end>."""
+        return self.decoder(self.embed_images(images), captions[:, :-1])
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, beam_size: int = 1, top_k: int = 1, max_len: int | None = None) -> Decoded:
+        """Free-running decoding (greedy for beam_size 1) of a batch of images or features."""
+        return decode(self.decoder, self.embed_images(images), beam_size=beam_size, top_k=top_k,
+                      max_len=self.hparams.max_caption_len if max_len is None else max_len,
+                      length_penalty=self.hparams.length_penalty)
+
+    def captions_from(self, decoded: Decoded, k: int = 0) -> list[list[str]]:
+        """Token lists of the k-th best caption of each image."""
+        if self.vocab is None:
+            raise RuntimeError("this model has no vocabulary: load it from a checkpoint or attach a data module")
+        return [self.vocab.decode(ids) for ids in decoded.tokens[:, k].tolist()]
+
+    # ----- training -----------------------------------------------------------------------------------------
+    def _loss(self, batch: Batch) -> Tensor:
+        logits = self(batch.images, batch.captions)  # (B, T-1, V)
+        targets = batch.captions[:, 1:]  # (B, T-1): w1..wn <end> <pad>..
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        # Step values go to the logger every log_every_n_steps; only epoch means reach the progress bar, so
+        # no step forces a host-device synchronisation.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch.lengths))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None:
+            self.log("train/perplexity", torch.exp(loss), prog_bar=True)
+
+    # ----- evaluation ---------------------------------------------------------------------------------------
+    def _evaluate(self, batch: Batch, stage: str, beam_size: int, bleu: CorpusBLEU) -> list[list[str]]:
+        size = len(batch.lengths)
+        self.log(f"{stage}/loss", self._loss(batch), on_epoch=True, sync_dist=True, batch_size=size)
+        hypotheses = self.captions_from(self.generate(batch.images, beam_size=beam_size))
+        bleu.update(hypotheses, batch.references, batch.indices)
+        return hypotheses
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        hypotheses = self._evaluate(batch, "val", self.hparams.val_beam_size, self.val_bleu)
+        if batch_idx == 0:
+            n = self.hparams.log_samples
+            self.val_samples = [{"image_id": i, "caption": " ".join(h), "references": [" ".join(r) for r in refs]}
+                                for i, h, refs in zip(batch.image_ids[:n], hypotheses[:n], batch.references[:n])]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_bleu("val", self.val_bleu)
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            self.log("val/perplexity", torch.exp(loss))
+
+    def _log_bleu(self, stage: str, bleu: CorpusBLEU) -> dict[str, Tensor]:
+        scores = bleu.compute()  # already synchronised (and de-duplicated) across processes
+        bleu.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val")
+        return scores
+
+    def on_test_epoch_start(self) -> None:
+        self._test_records = []
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        hypotheses = self._evaluate(batch, "test", self.hparams.test_beam_size, self.test_bleu)
+        self._test_records += [
+            {"index": int(i), "image_id": name, "caption": " ".join(h), "references": [" ".join(r) for r in refs]}
+            for i, name, h, refs in zip(batch.indices.tolist(), batch.image_ids, hypotheses, batch.references)]
+
+    def on_test_epoch_end(self) -> None:
+        self._log_bleu("test", self.test_bleu)
+        records = self._gather_records(self._test_records)
+        self.test_metrics = caption_metrics([r["caption"].split() for r in records],
+                                            [[ref.split() for ref in r["references"]] for r in records])
+        out_dir = self.output_dir()
+        if self.trainer.is_global_zero and out_dir is not None:
+            write_test_outputs(out_dir, records, self.test_metrics, self.test_split)
+            title = f"{self.test_split} metrics ({len(records)} images, beam {self.hparams.test_beam_size})"
+            print(format_metrics_table(self.test_metrics, title=title))
+
+    def _gather_records(self, records: list[dict]) -> list[dict]:
+        """All processes' test captions, each sample once (DDP pads the last batch with repeats)."""
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[dict]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        unique = {r["index"]: r for r in records}
+        return [unique[i] for i in sorted(unique)]
+
+    def output_dir(self) -> Path | None:
+        """Where test outputs go: the run folder (the logger's folder, else the trainer's root)."""
+        if self._trainer is None:
+            return None
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    # ----- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]  # the frozen CNN never reaches the optimizer
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if not hp.lr_step_epochs:
+            return opt
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step_epochs, gamma=hp.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_train_epoch_start(self) -> None:
+        after = self.hparams.finetune_after
+        if after is not None and self.current_epoch == after and self.encoder.frozen:
+            if self.trainer.world_size > 1:
+                raise RuntimeError("finetune_after is not supported under DDP (parameters unfrozen mid-run are "
+                                   "not synchronised); fine-tune on one device or drop finetune_after")
+            if self.encoder.backbone is None:
+                raise RuntimeError("finetune_after needs a CNN, but this model trains on precomputed features")
+            self.encoder.unfreeze()
+            self.trainer.optimizers[0].add_param_group(
+                {"params": list(self.encoder.backbone.parameters()), "lr": self.hparams.finetune_lr})
+            print(f"epoch {after}: fine-tuning the {self.hparams.encoder} encoder at lr {self.hparams.finetune_lr}")
+
+    # ----- checkpoints --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        vocab = getattr(datamodule, "vocab", None)
+        if vocab is not None:
+            if self.vocab is not None and self.vocab != vocab:
+                raise ValueError("the data module's vocabulary differs from this model's (checkpoint trained on "
+                                 "other data or with another min_count); evaluate with the same data settings")
+            self.vocab = vocab
+        if len(self.vocab or []) not in (0, self.hparams.vocab_size):
+            raise ValueError(f"vocabulary has {len(self.vocab)} words but the model was built for "
+                             f"{self.hparams.vocab_size}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.vocab is not None:
+            checkpoint["showtell_vocab"] = self.vocab.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "showtell_vocab" in checkpoint:
+            self.vocab = Vocabulary.from_dict(checkpoint["showtell_vocab"])
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """As Lightning's, without downloading pretrained CNN weights (the checkpoint holds them)."""
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                                hparams_file=hparams_file, strict=strict, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, frozen) parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters()) - trainable
+
+
+def write_test_outputs(out_dir: Path, records: list[dict], metrics: dict[str, float | None],
+                       split: str = "test") -> None:
+    """``<split>_captions.jsonl`` (image_id, caption, references) and ``<split>_metrics.json`` (fractions)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / f"{split}_captions.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in ("image_id", "caption", "references")}) + "\n")
+    clean = {k: (None if v is None or math.isnan(v) else float(v)) for k, v in metrics.items()}
+    (out_dir / f"{split}_metrics.json").write_text(json.dumps(clean, indent=2) + "\n")

@@ -1,0 +1,92 @@
+"""train.py / LightningCLI end to end on tiny data, --help and --print_config, and every config in the repo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO
+
+from showtell.cli import ShowTellCLI, main
+from showtell.features import save_features
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_size", "16",
+        "--data.num_workers", "0", "--data.progress", "false", "--trainer.enable_progress_bar", "false"]
+
+
+def _demo_args(tmp_path: Path) -> list[str]:
+    return ["--config", str(REPO / "configs" / "demo.yaml"), "--data.root", str(tmp_path / "demo"),
+            "--data.demo_images", "32", "--data.demo_image_size", "48", "--data.image_size", "48",
+            "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+            "--trainer.default_root_dir", str(tmp_path / "runs"), *TINY]
+
+
+def test_demo_config_end_to_end_and_rerun_into_same_folder(tmp_path, capsys):
+    metrics = main(_demo_args(tmp_path))
+    out = capsys.readouterr().out
+    assert "showtell: kaggle data" in out and "trainable" in out and "precision" in out  # one-line summary
+    assert "BLEU-4" in out  # results table
+    run_dir = Path(out.strip().splitlines()[-1].split("run folder: ", 1)[1])
+    assert run_dir.parent == tmp_path / "runs" / "demo"
+    saved = json.loads((run_dir / "test_metrics.json").read_text())
+    assert set(saved) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider"}
+    assert saved["bleu4"] == pytest.approx(metrics["bleu4"])
+    assert (run_dir / "test_captions.jsonl").read_text().count("\n") == 4  # 32 images -> 4 test images
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    # a second run into the same folders works (config overwrite, demo and feature cache reused)
+    main(_demo_args(tmp_path))
+    second = capsys.readouterr().out
+    assert "run folder:" in second
+
+
+def test_help_and_print_config(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ShowTellCLI(args=["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--model.conditioning" in text and "--data.root" in text
+    with pytest.raises(SystemExit):
+        main(["--config", str(REPO / "configs" / "demo.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["encoder"] == "resnet18" and config["data"]["root"] == "data/demo"
+    assert "encoder" not in config["data"]  # linked from the model, never typed twice
+    assert "vocab_size" not in config["model"]  # linked from the data at instantiation, never typed
+
+
+def test_train_py_default_config_names_the_demo_when_no_dataset(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), "--data.root", str(tmp_path / "nothing"),
+                          "--model.weights", "null"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_MODE": "disabled"})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "python -m showtell.demo" in last and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def _set_in_yaml(path: Path, section: str, key: str) -> bool:
+    return key in ((yaml.safe_load(path.read_text()) or {}).get(section) or {})
+
+
+@pytest.mark.parametrize("config", CONFIGS + EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_loads_and_instantiates(config, demo_root, tmp_path):
+    base = [] if config.name in ("flickr8k.yaml", "demo.yaml") else ["--config", str(REPO / "configs" / "demo.yaml")]
+    if config.parent.name == "experiments" and "flickr8k" in config.name:
+        base = ["--config", str(REPO / "configs" / "flickr8k.yaml")]
+    args = [*base, "--config", str(config), "--data.root", str(demo_root), "--data.demo", "false",
+            "--model.weights", "null",
+            "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path)]
+    if _set_in_yaml(config, "data", "features"):
+        names = sorted(p.name for p in (demo_root / "Images").iterdir())
+        save_features(tmp_path / "f.npz", names, np.zeros((len(names), 8), np.float16))
+        args += ["--data.features", str(tmp_path / "f.npz")]
+    cli = ShowTellCLI(args=args)
+    assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size > 4
+    assert cli.trainer.max_epochs >= 1
+    if _set_in_yaml(config, "data", "features"):
+        assert cli.model.encoder.backbone is None and cli.model.hparams.feature_dim == 8
