@@ -143,3 +143,15 @@ def test_sgd_with_step_decay(demo_root):
     assert isinstance(config["optimizer"], torch.optim.SGD)
     sched = config["lr_scheduler"]["scheduler"]
     assert sched.step_size == 8 and sched.gamma == 0.5
+
+
+def test_finetune_after_unfreezes_the_cnn_with_its_own_learning_rate(demo_root, tmp_path):
+    data = Flickr8kDataModule(**tiny_data_kwargs(demo_root), frozen_encoder=False)  # images, not cached features
+    model = ShowTellModule(vocab_size=data.vocab_size, **tiny_model_kwargs(), finetune_after=1, finetune_lr=1e-4)
+    before = model.encoder.backbone.conv1.weight.detach().clone()
+    trainer = _trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=data)
+    assert not model.encoder.frozen
+    assert not torch.equal(model.encoder.backbone.conv1.weight, before)
+    groups = trainer.optimizers[0].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-4
