@@ -1,0 +1,172 @@
+"""Caption image files with a trained checkpoint.
+
+    python -m showtell.caption --ckpt CKPT IMAGE [IMAGE ...] [--beam_size 3] [--top_k K] [--max_len N]
+                               [--device auto|cpu|cuda] [--batch_size 32] [--json]
+
+Any image PIL reads (JPEG, PNG, grayscale, CMYK, RGBA, ...) is converted to RGB and preprocessed exactly as
+evaluation does in training: ``showtell.data.image_transform`` with the model's encoder weights and the
+checkpoint's ``data.image_size``, no augmentation. Images are decoded in batches through the model's own
+``generate`` (the decoding used by validation and test). Output, in the order of the arguments:
+
+- text: ``PATH<TAB>caption``; with ``--top_k K`` (K > 1) a ``PATH`` line, then ``  1. caption  (log p -1.23)``
+  for the K best captions (the beam is widened to K if it is narrower);
+- ``--json``: one JSON object per line, ``{"path", "caption"}`` plus, with K > 1,
+  ``"captions": [{"caption", "log_prob"}, ...]`` best first.
+
+An unreadable file gets ``caption: PATH: reason`` on stderr and exit code 1, the other images are still
+captioned. A bad checkpoint, or one trained on precomputed features (it has no CNN): one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from showtell.data import image_transform
+from showtell.encoder import preprocess_for
+from showtell.evaluate import EvaluationError, load_model
+from showtell.module import ShowTellModule
+
+Ranked = list[tuple[str, float]]  # (caption, log-probability), best first
+
+
+class ImageReadError(ValueError):
+    """One image file could not be read; the message is the reason."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="showtell-caption", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--beam_size", type=int, default=3, help="beam width (1 = greedy); default 3")
+    parser.add_argument("--top_k", type=int, default=1, help="print the K best captions with log-probabilities")
+    parser.add_argument("--max_len", type=int, default=None,
+                        help="longest caption in words (default: the model's max_caption_len)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch_size", type=int, default=32, help="images decoded at once")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    return parser
+
+
+def eval_transform(model: ShowTellModule, data_hparams: dict) -> Callable[[Image.Image], Tensor]:
+    """The data module's evaluation transform for this checkpoint: PIL RGB image -> (3, H, W)."""
+    hp = model.hparams
+    return image_transform(preprocess_for(hp.encoder, hp.weights, None), data_hparams.get("image_size"),
+                           augment=False)
+
+
+def read_image(path: Path, transform: Callable[[Image.Image], Tensor]) -> Tensor:
+    """One preprocessed image (3, H, W); ``ImageReadError`` says why a file cannot be used."""
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError("no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError("is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image file (PIL cannot identify its format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # truncated or damaged file, ...
+        raise ImageReadError(f"cannot decode the image ({' '.join(str(err).split())})") from None
+
+
+@torch.inference_mode()
+def caption_batch(model: ShowTellModule, images: Tensor, beam_size: int, top_k: int,
+                  max_len: int | None) -> list[Ranked]:
+    """(B, 3, H, W) pixels -> per image the ``top_k`` best (caption, log-probability), best first."""
+    decoded = model.generate(images, beam_size=beam_size, top_k=top_k, max_len=max_len)
+    captions = [model.captions_from(decoded, k) for k in range(top_k)]  # K x B token lists
+    log_probs = decoded.log_probs.tolist()  # (B, K)
+    # Tiny vocabularies can have fewer than K distinct captions: the missing ones score -inf.
+    return [[(" ".join(captions[k][b]), log_probs[b][k]) for k in range(top_k) if math.isfinite(log_probs[b][k])]
+            for b in range(len(images))]
+
+
+def caption_files(model: ShowTellModule, paths: Sequence[str], transform: Callable[[Image.Image], Tensor], *,
+                  beam_size: int, top_k: int, max_len: int | None, batch_size: int,
+                  device: torch.device) -> Iterator[tuple[str, Ranked | ImageReadError]]:
+    """(path, ranked captions or the read error) for every path, in order, ``batch_size`` images at a time."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        read: dict[int, Tensor] = {}
+        errors: dict[int, ImageReadError] = {}
+        for i, path in enumerate(chunk):
+            try:
+                read[i] = read_image(Path(path), transform)
+            except ImageReadError as err:
+                errors[i] = err
+        ranked: dict[int, Ranked] = {}
+        if read:
+            images = torch.stack(list(read.values())).to(device)  # (B, 3, H, W)
+            ranked = dict(zip(read, caption_batch(model, images, beam_size, top_k, max_len)))
+        for i, path in enumerate(chunk):
+            yield path, errors[i] if i in errors else ranked[i]
+
+
+def format_result(path: str, ranked: Ranked, top_k: int, as_json: bool) -> str:
+    best = ranked[0][0] if ranked else ""
+    if as_json:
+        record: dict = {"path": path, "caption": best}
+        if top_k > 1:
+            record["captions"] = [{"caption": c, "log_prob": lp} for c, lp in ranked]
+        return json.dumps(record)
+    if top_k == 1:
+        return f"{path}\t{best}"
+    return "\n".join([path, *(f"  {r}. {c}  (log p {lp:.2f})" for r, (c, lp) in enumerate(ranked, 1))])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda: no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    for flag in ("beam_size", "top_k", "batch_size", "max_len"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise EvaluationError(f"--{flag} must be at least 1, got {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Caption the images; returns the exit code (0 ok, 1 some files unreadable, 2 bad checkpoint/options)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed by argparse
+        return int(done.code or 0)
+    try:
+        _check_options(args)
+        device = _device(args.device)
+        model, data_hparams = load_model(args.ckpt)
+        if model.encoder.backbone is None:
+            raise EvaluationError(f"checkpoint {args.ckpt} was trained on precomputed features (data.features), "
+                                  "so it has no CNN to read images with; use a checkpoint trained on images")
+        transform = eval_transform(model, data_hparams)
+    except ValueError as err:  # EvaluationError, or unknown encoder weights in the checkpoint
+        print(f"caption: {err}", file=sys.stderr)
+        return 2
+    model.to(device)
+    results = caption_files(model, args.images, transform, beam_size=max(args.beam_size, args.top_k),
+                            top_k=args.top_k, max_len=args.max_len, batch_size=args.batch_size, device=device)
+    failed = 0
+    for path, result in results:
+        if isinstance(result, ImageReadError):
+            print(f"caption: {path}: {result}", file=sys.stderr, flush=True)
+            failed += 1
+        else:
+            print(format_result(path, result, args.top_k, args.json), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

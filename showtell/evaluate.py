@@ -1,0 +1,236 @@
+"""Evaluation: score a captions file, or decode a split with a checkpoint and score it.
+
+    python -m showtell.evaluate --captions FILE.jsonl [--json]
+    python -m showtell.evaluate --ckpt CKPT [--split test|val] [--beam_size K] [--output_dir DIR] [--json]
+                                [--data.root DIR --data.batch_size N ...]
+                                [--trainer.accelerator auto --trainer.devices 1 --trainer.precision P]
+
+``--captions`` reads one JSON object per line with ``caption`` (a string) and ``references`` (a list of
+strings), e.g. the ``test_captions.jsonl`` of a run, and prints BLEU-1..4, METEOR, ROUGE-L and CIDEr-D.
+
+``--ckpt`` decodes the split free-running (beam ``K``, default the checkpoint's ``test_beam_size``) through
+``trainer.test``, exactly as training's test does (devices, DDP and precision included), and writes
+``<split>_captions.jsonl`` and ``<split>_metrics.json`` (for ``test``: the same files as training's test)
+into ``--output_dir``, by default ``<checkpoint folder>/eval_<split>_beam<K>``. The data options default to
+those stored in the checkpoint; the encoder and its weights always come from the model. The vocabulary is
+the checkpoint's and must equal the one the data options build. A model trained with the default frozen
+encoder reads the cached encoder features (computed once if missing: this needs the pretrained weights);
+``--data.cache_features false`` decodes the images through the checkpoint's own CNN instead.
+
+Bad input (missing or malformed file, not a showtell checkpoint, other data) ends with one line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from showtell.data import Flickr8kDataModule
+from showtell.encoder import WeightsUnavailableError
+from showtell.metrics import caption_metrics, format_metrics_table
+from showtell.module import ShowTellModule
+
+# Data options that follow from the model (as linked in showtell.cli), never set by hand here.
+MODEL_LINKED_DATA_OPTIONS = ("encoder", "weights", "frozen_encoder")
+METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider")
+
+
+class EvaluationError(ValueError):
+    """Bad input for an evaluation: one line saying what is wrong and what to do."""
+
+
+# ------------------------------------------------------------------------------------------- captions files
+
+
+def read_captions_file(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """(captions, references) from a JSONL file; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such file (expected a JSONL file of captions and references)")
+    captions: list[str] = []
+    references: list[list[str]] = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    caption, refs = _parse_line(line, f"{path}:{number}")
+                    captions.append(caption)
+                    references.append(refs)
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not UTF-8 text (expected a JSONL file of captions)") from None
+    if not captions:
+        raise EvaluationError(f"{path}: holds no captions (expected one JSON object per line with "
+                              "'caption' and 'references')")
+    return captions, references
+
+
+def _parse_line(line: str, where: str) -> tuple[str, list[str]]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise EvaluationError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise EvaluationError(f"{where}: expected a JSON object with 'caption' and 'references', "
+                              f"got a {type(record).__name__}")
+    caption, refs = record.get("caption"), record.get("references")
+    if not isinstance(caption, str):
+        raise EvaluationError(f"{where}: 'caption' must be a string, got {_describe(caption)}")
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise EvaluationError(f"{where}: 'references' must be a non-empty list of strings, got {_describe(refs)}")
+    return caption, refs
+
+
+def _describe(value: Any) -> str:
+    return "nothing (field missing)" if value is None else repr(value)[:60]
+
+
+def metrics_json(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """The metrics as plain JSON values (fractions; NaN or missing -> null), in the metrics file's order."""
+    return {k: (None if metrics.get(k) is None or math.isnan(metrics[k]) else float(metrics[k]))
+            for k in METRIC_KEYS}
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dictionary (tensors on the CPU), checked to be a showtell checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file gets the same one-line message
+        reason = str(err).splitlines()[0][:120] if str(err) else ""
+        raise EvaluationError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})"
+                              ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "vocab_size" not in hparams or "showtell_vocab" not in checkpoint:
+        raise EvaluationError(f"{path} is not a showtell checkpoint (no model hyperparameters or vocabulary); "
+                              "use a .ckpt written by train.py")
+    return checkpoint
+
+
+def load_model(path: str | Path) -> tuple[ShowTellModule, dict[str, Any]]:
+    """The model on the CPU in eval mode and the data module arguments it was trained with ({} if none)."""
+    checkpoint = read_checkpoint(path)
+    try:
+        model = ShowTellModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise EvaluationError(f"checkpoint {path} does not fit ShowTellModule: {reason}") from None
+    model.eval()
+    return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="showtell-evaluate", description=__doc__.split("\n\n")[0],
+                            default_env=False)
+    parser.add_argument("--captions", type=str | None, default=None,
+                        help="score this JSONL file (fields: caption, references) instead of a checkpoint")
+    parser.add_argument("--ckpt", type=str | None, default=None,
+                        help="checkpoint to evaluate on --split; the --data.* options default to its own")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--split", type=Literal["test", "val"], default="test")
+    parser.add_argument("--beam_size", type=int | None, default=None,
+                        help="beam width (1 = greedy); default: the checkpoint's test_beam_size")
+    parser.add_argument("--output_dir", type=str | None, default=None,
+                        help="default: <checkpoint folder>/eval_<split>_beam<K>")
+    parser.add_class_arguments(Flickr8kDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS))
+    parser.add_argument("--trainer.accelerator", type=str, default="auto", help="cpu, gpu, auto, ...")
+    parser.add_argument("--trainer.devices", type=int | str, default=1, help="a number, 'auto' or e.g. '0,1'")
+    parser.add_argument("--trainer.precision", type=str | None, default=None,
+                        help="e.g. 32-true, bf16-mixed, 16-mixed (default: Lightning's, 32-true)")
+    return parser
+
+
+def _data_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """``--data.*`` defaults from a checkpoint's data module arguments (only the ones this parser has)."""
+    known = set(inspect.signature(Flickr8kDataModule).parameters) - set(MODEL_LINKED_DATA_OPTIONS)
+    return {f"data.{k}": v for k, v in stored.items() if k in known}
+
+
+def evaluate_captions_file(path: str | Path, as_json: bool) -> dict[str, float | None]:
+    captions, references = read_captions_file(path)
+    metrics = caption_metrics(captions, references)
+    if as_json:
+        print(json.dumps(metrics_json(metrics)))
+    else:
+        print(format_metrics_table(metrics, title=f"{path}: {len(captions)} captions"))
+    return metrics
+
+
+def evaluate_checkpoint(model: ShowTellModule, data: Flickr8kDataModule, split: str, beam_size: int,
+                        output_dir: Path, trainer_options: dict[str, Any]) -> dict[str, float | None]:
+    """Decode and score ``split`` through ``trainer.test``; the module writes the outputs on rank 0."""
+    model.hparams.test_beam_size = beam_size
+    model.test_split = split
+    if split != "test":
+        data.test_dataloader = getattr(data, f"{split}_dataloader")  # trainer.test scores what this returns
+    trainer = L.Trainer(logger=False, default_root_dir=str(output_dir), enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=data.hparams.progress, **trainer_options)
+    trainer.test(model, datamodule=data, verbose=False)
+    if trainer.is_global_zero:
+        print(f"wrote {split}_captions.jsonl and {split}_metrics.json to {output_dir}", flush=True)
+    return model.test_metrics
+
+
+def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[str, float | None]:
+    model, stored_data = load_model(ckpt)
+    parser.set_defaults(_data_defaults(stored_data))
+    args = parser.parse_args(argv)  # again: explicit --data.* options override the checkpoint's
+    hp = model.hparams
+    beam_size = hp.test_beam_size if args.beam_size is None else args.beam_size
+    if beam_size < 1:
+        raise EvaluationError(f"--beam_size must be at least 1, got {beam_size}")
+    data_options = {k: v for k, v in args.data.as_dict().items() if not k.startswith("__")}  # "__path__": a file
+    data_options.update(encoder=hp.encoder, weights=hp.weights, frozen_encoder=hp.finetune_after is None)
+    default_dir = Path(ckpt).parent / f"eval_{args.split}_beam{beam_size}"
+    output_dir = Path(args.output_dir or default_dir).expanduser().resolve()
+    trainer_options = {k: v for k, v in args.trainer.as_dict().items() if v is not None}
+    return evaluate_checkpoint(model, Flickr8kDataModule(**data_options), args.split, beam_size, output_dir,
+                               trainer_options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code (0 ok, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed by the parser
+        return int(done.code or 0)
+    if (args.captions is None) == (args.ckpt is None):
+        print("evaluate: give exactly one of --captions FILE.jsonl or --ckpt CKPT", file=sys.stderr)
+        return 2
+    try:
+        if args.captions is not None:
+            evaluate_captions_file(args.captions, args.json)
+            return 0
+        metrics = _run_checkpoint(parser, argv, args.ckpt)
+    except SystemExit as done:  # the second parse (with the checkpoint's data defaults) found a usage error
+        return int(done.code or 0)
+    except (ValueError, OSError, MisconfigurationException, WeightsUnavailableError) as err:
+        # DatasetError is a ValueError; so is the module's vocabulary check
+        print(f"evaluate: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics_json(metrics)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
