@@ -15,6 +15,7 @@ from conftest import REPO
 from showtell.cli import ShowTellCLI, main
 from showtell.features import save_features
 
+DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_size", "16",
@@ -22,7 +23,7 @@ TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_s
 
 
 def _demo_args(tmp_path: Path) -> list[str]:
-    return ["--config", str(REPO / "configs" / "demo.yaml"), "--data.root", str(tmp_path / "demo"),
+    return ["--config", str(REPO / DEMO_CONFIG), "--data.root", str(tmp_path / "demo"),
             "--data.demo_images", "32", "--data.demo_image_size", "48", "--data.image_size", "48",
             "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--trainer.default_root_dir", str(tmp_path / "runs"), *TINY]

@@ -1,0 +1,671 @@
+"""Throughput benchmark on a Flickr8k-shaped synthetic dataset: ``python -m showtell.bench``.
+
+Builds (once, reused from ``--workdir``) 8,091 synthetic JPEGs at 500x375 with 5 captions each, shaped like
+Flickr8k: caption lengths with mean ~11.8 words, max 38 and some one-word captions, words drawn from a Zipf
+distribution over 3,500 synthetic words (about 3,000 of them occur >= 5 times in train), the Kaggle layout
+(``Images/``, ``captions.txt``) plus official split files (6000/1000/1000 and 91 images in no split, scaled
+down with ``--images``). Then it measures, in one process, and prints a table and writes JSON:
+
+- feature extraction: the data module's cache fill (``prepare_data`` on a fresh, empty cache folder): CNN
+  build, JPEG decode + resize in ``--num_workers`` loader workers, the CNN (bf16 + channels_last on CUDA),
+  writing the ``.npz``. CUDA is initialised and the CNN's kernels loaded before the clock starts;
+- training on cached features: a Lightning ``fit`` (no validation, checkpointing, logger or progress bar) of
+  ``ShowTellModule`` with the paper config's model section (``configs/flickr8k.yaml``); the second epoch of
+  each fit is timed (end of epoch 1 to end of epoch 2). The same epoch is run by a plain PyTorch loop over
+  the same modules, loader, precision, optimizer and gradient clipping; Lightning and plain alternate
+  ``--repeats`` times and the fastest of each is reported (``lightning_overhead`` = their ratio);
+- training on images with the same frozen CNN (no cache): ``--image_batches`` batches of the plain loop
+  (after the batches decoded while the loader workers started), extrapolated to a whole epoch (an
+  estimate, labelled as such; the plain loop, not Lightning, makes ``cached_speedup`` conservative);
+- decoding the validation images (greedy, beam 3) in evaluation batches, words included (``captions_from``);
+- the paper run: ``configs/flickr8k.yaml`` built from the Trainer and the classes directly (no LightningCLI,
+  so no jsonargparse; a CSV logger instead of wandb), with the synthetic root, ``--encoder``, ``--weights``,
+  ``--epochs``, ``--precision``, ``--num_workers`` and a fresh cache folder. Its wall time covers data
+  loading (caption parsing, image checks, vocabulary), feature extraction into the cold cache, building
+  the model, ``fit`` with validation BLEU every epoch and checkpointing, and ``test`` of the best
+  checkpoint with beam 3 and the test metrics (METEOR/ROUGE-L/CIDEr only where pycocoevalcap is installed;
+  METEOR also starts Java). Not included: Python imports, generating the dataset. It runs last, in the
+  same process (CUDA already initialised), with the YAML's batch size (128) and no progress bar. Early
+  stopping keeps its monitor but gets ``patience >= epochs`` so the run always lasts ``--epochs``;
+- peak GPU memory (``torch.cuda.max_memory_allocated``) and peak host memory (``ru_maxrss`` of this
+  process; of finished child processes separately, where a forked child also counts the pages it shares).
+
+On a CPU shared with other jobs, ``--threads 1`` avoids torch's threads waiting on each other (a 2-thread
+LSTM step measured 30x slower than a 1-thread one on 2 busy cores).
+
+Speed, not quality, is measured: the CNN is randomly initialised unless ``--weights`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from showtell.data import Batch, Flickr8kDataModule
+from showtell.encoder import build_backbone, preprocess_for
+from showtell.module import ShowTellModule
+
+PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
+PAPER_EPOCHS = 30
+REQUIRED_KEYS = ("extract_images_per_s", "train_captions_per_s", "epoch_s", "plain_epoch_s",
+                 "greedy_captions_per_s", "beam3_captions_per_s", "paper_run_s", "peak_gpu_mem_mb",
+                 "peak_host_mem_mb", "device")
+# (key, comparison, threshold) per device type.
+TARGETS: dict[str, list[tuple[str, str, float]]] = {
+    "cuda": [("extract_images_per_s", ">=", 5000), ("train_captions_per_s", ">=", 50000),
+             ("paper_run_s", "<=", 60)],
+    "cpu": [("lightning_overhead", "<=", 1.2), ("cached_speedup", ">=", 10)],
+}
+
+# ------------------------------------------------------------------------------------- synthetic dataset
+DATASET_VERSION = 1
+FLICKR8K_IMAGES, FLICKR8K_TRAIN, FLICKR8K_EVAL = 8091, 6000, 1000  # + 91 images in no split
+CAPTIONS_PER_IMAGE = 5
+NUM_WORDS, ZIPF_EXPONENT = 3500, 1.2  # -> ~3,000 words with count >= 5 in 6,000 x 5 train captions
+MEAN_WORDS, MAX_WORDS, LENGTH_SHAPE = 11.8, 38, 8.0  # gamma lengths: mean 11.8, sd ~4.2 (Flickr8k: ~3.8)
+ONE_WORD_RATE = 1 / 2000
+COMMA_RATE = 0.06  # Kaggle's captions.txt quotes captions with commas (~6% of them)
+JPEG_QUALITY = 90
+SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+               "test": "Flickr_8k.testImages.txt"}
+MARKER = ".bench_dataset.json"
+
+
+def synthetic_words(n: int) -> list[str]:
+    """n distinct lowercase words, shortest first (frequent words are short, as in English)."""
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70
+    words = syllables + [a + b for a in syllables for b in syllables]  # 70 + 4,900
+    if n > len(words):
+        raise ValueError(f"at most {len(words)} synthetic words, asked for {n}")
+    return words[:n]
+
+
+def synthetic_captions(num_images: int, seed: int) -> list[list[str]]:
+    """5 captions per image: Flickr8k-like lengths, Zipf-distributed words, ``A word word , word .``."""
+    rng = np.random.default_rng(seed)
+    n = num_images * CAPTIONS_PER_IMAGE
+    lengths = np.clip(np.rint(rng.gamma(LENGTH_SHAPE, MEAN_WORDS / LENGTH_SHAPE, n)), 1, MAX_WORDS).astype(int)
+    lengths[rng.random(n) < ONE_WORD_RATE] = 1
+    lengths[n // 2] = MAX_WORDS  # Flickr8k's longest caption has 38 words
+    p = np.arange(1, NUM_WORDS + 1, dtype=np.float64) ** -ZIPF_EXPONENT
+    ids = rng.choice(NUM_WORDS, size=int(lengths.sum()), p=p / p.sum())
+    vocab = synthetic_words(NUM_WORDS)
+    commas = rng.random(n) < COMMA_RATE
+    captions, start = [], 0
+    for i, length in enumerate(lengths):
+        words = [vocab[k] for k in ids[start:start + length]]
+        start += length
+        words[0] = words[0].capitalize()
+        if commas[i] and length > 3:
+            words.insert(length // 2, ",")
+        captions.append(" ".join(words) + " .")
+    return [captions[i * CAPTIONS_PER_IMAGE:(i + 1) * CAPTIONS_PER_IMAGE] for i in range(num_images)]
+
+
+def render_image(job: tuple[str, int, int, int, int]) -> None:
+    """A photo-sized JPEG: smooth colour field, mid-frequency texture, a few shapes, sensor-like noise
+    (~90 KB at 500x375, decoding about as costly as a Flickr8k photo)."""
+    path, index, seed, width, height = job
+    rng = np.random.default_rng([seed, index])
+    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    mid = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    image = Image.blend(low, Image.fromarray(mid).resize((width, height), Image.BILINEAR), 0.35)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1, y1 = x0 + int(rng.integers(4, width // 2 + 5)), y0 + int(rng.integers(4, height // 2 + 5))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 14, (height, width, 1)).astype(np.int16)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def split_sizes(num_images: int) -> dict[str, int]:
+    """Flickr8k's 6000/1000/1000 (+91 in no split) scaled to ``num_images``; every split non-empty."""
+    n_eval = max(1, round(num_images * FLICKR8K_EVAL / FLICKR8K_IMAGES))
+    n_train = min(num_images - 2 * n_eval, round(num_images * FLICKR8K_TRAIN / FLICKR8K_IMAGES))
+    return {"train": n_train, "val": n_eval, "test": n_eval}
+
+
+def _write_dataset(folder: Path, num_images: int, width: int, height: int, seed: int, workers: int,
+                   progress: bool) -> None:
+    (folder / "Images").mkdir(parents=True)
+    names = [f"synth_{i:05d}.jpg" for i in range(num_images)]
+    with open(folder / "captions.txt", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")  # quotes captions with commas, like Kaggle's file
+        writer.writerow(["image", "caption"])
+        for name, captions in zip(names, synthetic_captions(num_images, seed)):
+            writer.writerows([name, c] for c in captions)
+    order = np.random.default_rng([seed, 1]).permutation(num_images)
+    start = 0
+    for split, size in split_sizes(num_images).items():
+        chosen = sorted(names[i] for i in order[start:start + size])
+        (folder / SPLIT_FILES[split]).write_text("".join(f"{n}\n" for n in chosen))
+        start += size
+    jobs = [(str(folder / "Images" / name), i, seed, width, height) for i, name in enumerate(names)]
+    bar = tqdm(total=num_images, desc="generating JPEGs", unit="img", disable=not progress, leave=False)
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(render_image, jobs, chunksize=32):
+                bar.update()
+    else:
+        for job in jobs:
+            render_image(job)
+            bar.update()
+    bar.close()
+
+
+def ensure_dataset(workdir: Path, num_images: int, width: int, height: int, seed: int = 0, workers: int = 1,
+                   progress: bool = False) -> tuple[Path, float | None]:
+    """The synthetic dataset folder under ``workdir`` (generated unless already complete with the same
+    parameters) and the seconds spent generating it (None when reused)."""
+    if num_images < 8:
+        raise ValueError(f"--images must be at least 8 (every split needs an image), got {num_images}")
+    params = {"version": DATASET_VERSION, "images": num_images, "width": width, "height": height, "seed": seed}
+    folder = workdir / f"flickr8k_synth_{num_images}_{width}x{height}_seed{seed}_v{DATASET_VERSION}"
+    marker = folder / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return folder, None
+    start = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted earlier attempt (the marker is written last)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_dataset(tmp, num_images, width, height, seed, workers, progress)
+    (tmp / MARKER).write_text(json.dumps(params))
+    tmp.rename(folder)
+    return folder, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class Setup:
+    """What every measurement shares."""
+
+    device: torch.device
+    precision: str  # "32-true" | "bf16-mixed"
+    encoder: str
+    weights: str | None
+    image_size: int | None
+    batch_size: int
+    num_workers: int
+    progress: bool
+    scratch: Path  # emptied at the end: caches, checkpoints, logs
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+
+def load_paper_config(path: Path = PAPER_CONFIG) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def make_datamodule(root: Path, setup: Setup, cache_dir: Path, *, cache: bool = True,
+                    **overrides: Any) -> Flickr8kDataModule:
+    kwargs = dict(root=str(root), format="kaggle", batch_size=setup.batch_size, num_workers=setup.num_workers,
+                  min_count=5, encoder=setup.encoder, weights=setup.weights, image_size=setup.image_size,
+                  cache_features=cache, cache_dir=str(cache_dir), progress=setup.progress)
+    return Flickr8kDataModule(**{**kwargs, **overrides})
+
+
+def make_model(data: Flickr8kDataModule, setup: Setup, model_config: dict[str, Any]) -> ShowTellModule:
+    """The paper config's model (sizes, dropout, optimizer) with the benchmark's encoder and weights."""
+    config = {**model_config, "encoder": setup.encoder, "weights": setup.weights}
+    model = ShowTellModule(vocab_size=data.vocab_size, feature_dim=data.feature_dim, **config)
+    model.vocab = data.vocab
+    return model
+
+
+def warm_up_cnn(setup: Setup) -> None:
+    """Create the CUDA context and load the CNN's kernels, which a run pays once, not per image."""
+    if not setup.cuda:
+        return
+    backbone, _ = build_backbone(setup.encoder, setup.weights)
+    size = setup.image_size or preprocess_for(setup.encoder, setup.weights).crop
+    backbone = backbone.to(setup.device, memory_format=torch.channels_last).eval()
+    images = torch.randn(32, 3, size, size, device=setup.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        backbone(images)
+    setup.sync()
+    del backbone
+    torch.cuda.empty_cache()
+
+
+def measure_extraction(data: Flickr8kDataModule, setup: Setup) -> float:
+    """Seconds for the data module to fill its (empty) feature cache."""
+    _ = data.corpus, data.vocab  # caption parsing and image checks are not extraction
+    warm_up_cnn(setup)
+    start = time.perf_counter()
+    data.prepare_data()
+    setup.sync()
+    return time.perf_counter() - start
+
+
+class EpochEndTimes(Callback):
+    """Clock readings at the end of each training epoch (after the device finished its work)."""
+
+    def __init__(self, sync: Callable[[], None]):
+        self.sync, self.times = sync, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sync()
+        self.times.append(time.perf_counter())
+
+
+def lightning_epoch_s(model: ShowTellModule, data: Flickr8kDataModule, setup: Setup, clip: float | None) -> float:
+    """Seconds of the second epoch of a 2-epoch ``fit`` (the first warms up)."""
+    timer = EpochEndTimes(setup.sync)
+    trainer = L.Trainer(accelerator=setup.device.type, devices=1, precision=setup.precision, max_epochs=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        gradient_clip_val=clip, default_root_dir=str(setup.scratch / "lightning"),
+                        callbacks=[timer])
+    trainer.fit(model, datamodule=data)
+    return timer.times[1] - timer.times[0]
+
+
+def _to_device(batch: Batch, setup: Setup) -> Batch:
+    return batch._replace(images=batch.images.to(setup.device, non_blocking=True),
+                          captions=batch.captions.to(setup.device, non_blocking=True))
+
+
+def plain_steps(model: ShowTellModule, batches: Iterator[Batch], setup: Setup, optimizer: torch.optim.Optimizer,
+                clip: float | None) -> int:
+    """What a hand-written loop does per batch: forward + loss, backward, clip, step. Returns batches run."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, steps = torch.zeros((), device=setup.device), 0
+    for batch in batches:
+        with setup.autocast():
+            loss = model._loss(_to_device(batch, setup))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        total += loss.detach()  # the epoch mean a loop would report, without a sync per step
+        steps += 1
+    return steps
+
+
+def plain_epoch_s(model: ShowTellModule, loader: DataLoader, setup: Setup, clip: float | None) -> float:
+    """Seconds of the second of two epochs of the plain loop (same modules, loader, optimizer)."""
+    model.to(setup.device).train()
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    plain_steps(model, iter(loader), setup, optimizer, clip)
+    setup.sync()
+    start = time.perf_counter()
+    plain_steps(model, iter(loader), setup, optimizer, clip)
+    setup.sync()
+    return time.perf_counter() - start
+
+
+def image_epoch_estimate(model: ShowTellModule, loader: DataLoader, setup: Setup, clip: float | None,
+                         skip: int, timed_batches: int) -> tuple[float, int, int]:
+    """Seconds per epoch of training on images (the frozen CNN runs every step): ``timed_batches`` batches of
+    the plain loop, times the batches per epoch. Before the clock starts, one step warms the device up (CUDA)
+    and ``skip`` batches are fetched and dropped: the batches the loader workers decoded in parallel while
+    starting, so a decode-bound loader is timed at its steady rate. Returns (estimate, skipped, timed)."""
+    model.to(setup.device).train()
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    batches = iter(loader)
+    warmup = 1 if setup.cuda and len(loader) > 2 else 0
+    plain_steps(model, (b for _, b in zip(range(warmup), batches)), setup, optimizer, clip)
+    skip = max(0, min(skip, len(loader) - warmup - 1))
+    for _ in zip(range(skip), batches):
+        pass
+    setup.sync()
+    start = time.perf_counter()
+    timed = plain_steps(model, (b for _, b in zip(range(timed_batches), batches)), setup, optimizer, clip)
+    setup.sync()
+    seconds = time.perf_counter() - start
+    del batches  # shuts the loader workers down
+    return seconds / timed * len(loader), warmup + skip, timed
+
+
+@torch.no_grad()
+def decode_captions_per_s(model: ShowTellModule, loader: DataLoader, setup: Setup, beam_size: int,
+                          min_seconds: float) -> float:
+    """Captions (with words) per second of ``model.generate`` over the loader's images, repeated until
+    ``min_seconds`` have passed; the first batch is decoded once before the clock starts."""
+    model.to(setup.device).eval()
+    batches = list(loader)
+
+    def run(batch: Batch) -> int:
+        with setup.autocast():
+            decoded = model.generate(batch.images.to(setup.device, non_blocking=True), beam_size=beam_size)
+        return len(model.captions_from(decoded))  # words, as validation needs them (syncs the device)
+
+    run(batches[0])
+    setup.sync()
+    captions, start = 0, time.perf_counter()
+    while True:
+        captions += sum(run(b) for b in batches)
+        setup.sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return captions / elapsed
+
+
+def paper_callbacks(config: dict[str, Any], epochs: int) -> list[Callback]:
+    """The YAML's callbacks, instantiated from their ``class_path``; early stopping never fires early."""
+    callbacks = []
+    for spec in config["trainer"].get("callbacks") or []:
+        module, name = spec["class_path"].rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = dict(spec.get("init_args") or {})
+        if issubclass(cls, EarlyStopping):
+            kwargs["patience"] = max(int(kwargs.get("patience", 3)), epochs)
+        callbacks.append(cls(**kwargs))
+    return callbacks
+
+
+def paper_run(root: Path, setup: Setup, config: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """A full run of ``configs/flickr8k.yaml`` (see the module docstring for what its time covers)."""
+    run_dir = setup.scratch / "paper_run"
+    trainer_config = {k: v for k, v in config["trainer"].items() if k not in ("logger", "callbacks")}
+    trainer_config.update(accelerator=setup.device.type, devices=1, precision=setup.precision,
+                          max_epochs=epochs, default_root_dir=str(run_dir), enable_progress_bar=False)
+    data_config = {**config["data"], "root": str(root), "num_workers": setup.num_workers}
+    L.seed_everything(config.get("seed_everything", 0), verbose=False)
+    start = time.perf_counter()
+    data = Flickr8kDataModule(**{**data_config, "encoder": setup.encoder, "weights": setup.weights,
+                                 "image_size": setup.image_size, "cache_dir": str(run_dir / "cache"),
+                                 "progress": setup.progress})
+    model = make_model(data, setup, config["model"])
+    trainer = L.Trainer(**trainer_config, logger=CSVLogger(str(run_dir), name="csv"),
+                        callbacks=paper_callbacks(config, epochs))
+    trainer.fit(model, datamodule=data)
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
+    setup.sync()
+    seconds = time.perf_counter() - start
+    score = checkpoint.best_model_score if isinstance(checkpoint, ModelCheckpoint) else None
+    return {"paper_run_s": seconds, "paper_run_epochs": trainer.current_epoch,
+            "paper_run_batch_size": data.hparams.batch_size,
+            "paper_run_best_val_bleu4": None if score is None else float(score),
+            "paper_run_test_metrics": model.test_metrics}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def peak_memory(setup: Setup) -> dict[str, float | None]:
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
+    return {"peak_gpu_mem_mb": torch.cuda.max_memory_allocated(setup.device) / 2**20 if setup.cuda else None,
+            "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved(setup.device) / 2**20 if setup.cuda else None,
+            "peak_host_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+            "peak_host_mem_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale}
+
+
+def environment(setup: Setup) -> dict[str, Any]:
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "lightning": L.__version__,
+            "python": platform.python_version(), "cpu_model": cpu, "cpu_cores": os.cpu_count(),
+            "gpu_name": torch.cuda.get_device_name(setup.device) if setup.cuda else None}
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of this device type: threshold and pass (None when it does not apply)."""
+    checked = {}
+    for key, op, threshold in TARGETS[results["device"]]:
+        value = results.get(key)
+        applies = value is not None and (key != "paper_run_s" or results.get("paper_run_epochs") == PAPER_EPOCHS)
+        ok = (value >= threshold if op == ">=" else value <= threshold) if applies else None
+        checked[key] = {"target": f"{op} {threshold:g}", "pass": ok}
+    return checked
+
+
+ROWS = (  # (key, label, number format)
+    ("extract_images_per_s", "feature extraction, cold cache (img/s)", ",.0f"),
+    ("train_captions_per_s", "training on cached features, Lightning (captions/s)", ",.0f"),
+    ("epoch_s", "epoch on cached features, Lightning (s)", ".3f"),
+    ("plain_epoch_s", "same epoch, plain PyTorch loop (s)", ".3f"),
+    ("lightning_overhead", "Lightning / plain epoch time (x)", ".3f"),
+    ("image_epoch_s", "epoch on images, frozen CNN (s, estimated)", ",.1f"),
+    ("cached_speedup", "image epoch / cached epoch (x)", ",.1f"),
+    ("greedy_captions_per_s", "validation decoding, greedy (captions/s)", ",.0f"),
+    ("beam3_captions_per_s", "validation decoding, beam 3 (captions/s)", ",.0f"),
+    ("paper_run_s", "paper-config run, wall time (s)", ",.1f"),
+    ("peak_gpu_mem_mb", "peak GPU memory allocated (MB)", ",.0f"),
+    ("peak_host_mem_mb", "peak host memory, this process (MB)", ",.0f"),
+)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    p = results["params"]
+    lines = [f"showtell benchmark on {results['device']} ({results['device_name']}): {p['images']} images "
+             f"{p['image_width']}x{p['image_height']}, {p['encoder']} weights={p['weights']}, batch "
+             f"{p['batch_size']}, {p['precision']}, {p['num_workers']} workers"]
+    header = f"{'metric':<54} {'value':>12}  {'target':<10} pass"
+    lines += [header, "-" * len(header)]
+    for key, label, fmt in ROWS:
+        value = results.get(key)
+        if key == "paper_run_s" and value is not None:
+            label = label.replace("run,", f"run ({results['paper_run_epochs']} epochs),")
+        if key == "image_epoch_s" and value is not None:
+            label = label.replace("estimated", f"from {results['image_epoch_batches_timed']} of "
+                                               f"{results['image_epoch_batches']} batches")
+        target = results["targets"].get(key)
+        ok = "" if target is None else {True: "yes", False: "NO", None: "n/a"}[target["pass"]]
+        shown = "-" if value is None else format(value, fmt)
+        lines.append(f"{label:<54} {shown:>12}  {target['target'] if target else '':<10} {ok}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m showtell.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=FLICKR8K_IMAGES, help="synthetic images (Flickr8k: 8091)")
+    parser.add_argument("--image_width", type=int, default=500)
+    parser.add_argument("--image_height", type=int, default=375)
+    parser.add_argument("--encoder", default="resnet50", help="torchvision backbone (showtell.encoder.BACKBONES)")
+    parser.add_argument("--weights", default=None, type=lambda s: None if s.lower() in ("none", "null") else s,
+                        help="CNN weights (default: random init; speed does not depend on them)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="resize whole images to this square size (default: the weights' resize + crop)")
+    parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help="epochs of the paper-config run")
+    parser.add_argument("--skip_paper_run", action="store_true")
+    parser.add_argument("--batch_size", type=int, default=None, help="training batch (default 256 GPU, 128 CPU)")
+    parser.add_argument("--num_workers", type=int, default=None, help="loader workers (default: all CPU cores)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default=None,
+                        help="default bf16-mixed on CUDA, 32-true on CPU")
+    parser.add_argument("--image_batches", type=int, default=None,
+                        help="timed batches of the image-based epoch (default: 2 per worker on CUDA, min 5; 3 on CPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating Lightning / plain epoch pairs")
+    parser.add_argument("--decode_min_s", type=float, default=1.0, help="repeat decoding for at least this long")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's; 1 helps on a CPU shared with others)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default="runs/bench", help="synthetic dataset (reused) and scratch space")
+    parser.add_argument("--out", default=None, help="JSON file (default: <workdir>/bench_<device>.json)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: when stderr is a terminal)")
+    args = parser.parse_args(argv)
+    for name in ("images", "epochs", "image_batches", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible to torch")
+    if requested == "cpu" and torch.cuda.is_available():
+        raise SystemExit("--device cpu on a machine with a GPU: the data module extracts features on the GPU; "
+                         "benchmark the CPU with CUDA_VISIBLE_DEVICES= python -m showtell.bench ...")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's per-Trainer info lines and its "few workers" hint (in-memory features need none)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning vs torch
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def measure(root: Path, setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    config = load_paper_config()
+    clip = config["trainer"].get("gradient_clip_val")
+    L.seed_everything(args.seed, verbose=False)
+    data = make_datamodule(root, setup, setup.scratch / "cache")
+    print("feature extraction (cold cache) ...", flush=True)
+    extract_s = measure_extraction(data, setup)
+    data.setup("fit")
+    model = make_model(data, setup, config["model"])
+    train = data.datasets["train"]
+    print(f"training epochs: Lightning vs plain loop, {args.repeats} x ...", flush=True)
+    lightning_s, plain_s = [], []
+    for _ in range(args.repeats):
+        lightning_s.append(lightning_epoch_s(model, data, setup, clip))
+        plain_s.append(plain_epoch_s(model, data.train_dataloader(), setup, clip))
+    print("decoding ...", flush=True)
+    greedy = decode_captions_per_s(model, data.val_dataloader(), setup, 1, args.decode_min_s)
+    beam3 = decode_captions_per_s(model, data.val_dataloader(), setup, 3, args.decode_min_s)
+    # A GPU outruns the JPEG decoding workers: skip one batch per worker and time several rounds of them.
+    skip = max(1, setup.num_workers) if setup.cuda else 1
+    timed = args.image_batches or (max(5, 2 * setup.num_workers) if setup.cuda else 3)
+    print(f"training on images (frozen {setup.encoder}, {timed} batches timed) ...", flush=True)
+    images = make_datamodule(root, setup, setup.scratch / "cache", cache=False)
+    images.setup("fit")
+    image_loader = images.train_dataloader()
+    image_s, image_untimed, image_timed = image_epoch_estimate(model, image_loader, setup, clip, skip, timed)
+    epoch_s, plain = min(lightning_s), min(plain_s)
+    results = {
+        "extract_images_per_s": len(data.corpus.captions) / extract_s, "extract_s": extract_s,
+        "extract_images": len(data.corpus.captions),
+        "train_captions_per_s": len(train) / epoch_s, "plain_train_captions_per_s": len(train) / plain,
+        "epoch_s": epoch_s, "plain_epoch_s": plain, "lightning_overhead": epoch_s / plain,
+        "epoch_s_all": lightning_s, "plain_epoch_s_all": plain_s,
+        "train_captions": len(train), "train_batches": len(data.train_dataloader()),
+        "image_epoch_s": image_s, "image_epoch_batches": len(image_loader),
+        "image_epoch_batches_timed": image_timed, "image_epoch_batches_untimed": image_untimed,
+        "cached_speedup": image_s / epoch_s,
+        "greedy_captions_per_s": greedy, "beam3_captions_per_s": beam3,
+        "decode_images": len(data.datasets["val"]), "eval_batch_size": data.eval_batch_size,
+        "vocab_size": data.vocab_size, "split_images": {s: len(n) for s, n in data.corpus.splits.items()},
+        "paper_run_s": None, "paper_run_epochs": None,
+    }
+    if not args.skip_paper_run:
+        print(f"paper-config run ({args.epochs} epochs, cold cache) ...", flush=True)
+        results.update(paper_run(root, setup, config, args.epochs))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write the JSON; returns the results."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    workdir = Path(args.workdir).expanduser()
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    workers = (os.cpu_count() or 1) if args.num_workers is None else args.num_workers
+    root, generate_s = ensure_dataset(workdir, args.images, args.image_width, args.image_height, args.seed,
+                                      workers, progress)
+    if cuda:  # after the generator's worker processes were forked: they must not inherit a CUDA context
+        torch.cuda.reset_peak_memory_stats(device)
+    how = "reused" if generate_s is None else f"generated in {generate_s:.1f} s"
+    print(f"dataset: {root} ({how})", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="scratch_", dir=workdir))
+    setup = Setup(device=device, precision=args.precision or ("bf16-mixed" if cuda else "32-true"),
+                  encoder=args.encoder, weights=args.weights, image_size=args.image_size,
+                  batch_size=args.batch_size or (256 if cuda else 128), num_workers=workers,
+                  progress=progress, scratch=scratch)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.threads or threads)
+        with quiet_lightning():
+            results = measure(root, setup, args)
+        results["torch_threads"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(scratch, ignore_errors=True)
+    results.update(peak_memory(setup))
+    results.update(device=device.type, device_name=environment(setup)["gpu_name" if cuda else "cpu_model"],
+                   dataset=str(root), dataset_generate_s=generate_s, environment=environment(setup),
+                   params={"images": args.images, "image_width": args.image_width,
+                           "image_height": args.image_height, "encoder": args.encoder, "weights": args.weights,
+                           "image_size": args.image_size, "batch_size": setup.batch_size,
+                           "precision": setup.precision, "num_workers": workers, "epochs": args.epochs,
+                           "repeats": args.repeats, "image_batches": args.image_batches, "seed": args.seed})
+    results["targets"] = check_targets(results)
+    out = Path(args.out).expanduser() if args.out else workdir / f"bench_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = _plain(results)
+    out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    print(format_table(results))
+    print(f"results: {out}")
+    return results
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: tensors and numpy scalars as numbers, NaN/inf as null, paths as strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor | np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value) if isinstance(value, Path) else value
+
+
+if __name__ == "__main__":
+    main()
