@@ -64,7 +64,7 @@ def quiet_known_warnings() -> None:
     # The frozen CNN is in eval mode on purpose (BatchNorm statistics and dropout stay frozen).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python")
-    warnings.filterwarnings("ignore", message=r".*(skip_none|instantiate_classes).*deprecated")
+    warnings.filterwarnings("ignore", message=r"(?s).*(skip_none|instantiate_classes).*deprecated")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
