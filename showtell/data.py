@@ -181,7 +181,7 @@ class Flickr8kDataModule(L.LightningDataModule):
             generate_demo(self.root, num_images=hp.demo_images, seed=hp.demo_seed,
                           image_size=hp.demo_image_size, progress=hp.progress)
         corpus = load_corpus(self.root, hp.format, split_seed=hp.split_seed,
-                             require_images=not hp.features)
+                             require_images=not hp.features, progress=hp.progress)
         self.report = corpus.report
         if hp.features:
             self._drop_images_without_features(corpus)
