@@ -252,7 +252,7 @@ class ImageEncoder(nn.Module):
     """Frozen-by-default backbone + Linear image embedding: (B, 3, H, W) or (B, D) -> (B, E)."""
 
     def __init__(self, name: str = "resnet50", weights: str | None = "DEFAULT", embed_size: int = 512,
-                 frozen: bool = True, feature_dim: int | None = None):
+                 frozen: bool = True, feature_dim: int | None = None, feature_norm: bool = False):
         super().__init__()
         self.name = name
         if feature_dim is None:
@@ -262,6 +262,10 @@ class ImageEncoder(nn.Module):
                 raise ValueError(f"feature_dim must be positive, got {feature_dim}")
             self.backbone, self.num_features = None, feature_dim
         self.embed_size = embed_size
+        # Optional (not in the paper): BatchNorm over the pooled features before the embedding. Pretrained
+        # features are well scaled; a *random* CNN's (the offline demo) carry their signal in small deviations
+        # around large per-dimension offsets, which this standardises.
+        self.feature_norm = nn.BatchNorm1d(self.num_features) if feature_norm else nn.Identity()
         self.embed = nn.Linear(self.num_features, embed_size, bias=False)  # im2txt: no bias
         self._frozen = False
         if frozen:
@@ -306,4 +310,4 @@ class ImageEncoder(nn.Module):
         elif x.dim() != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected images (B, 3, H, W) or features (B, {self.num_features}), "
                              f"got shape {tuple(x.shape)}")
-        return self.embed(x)  # (B, E)
+        return self.embed(self.feature_norm(x))  # (B, E)

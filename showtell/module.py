@@ -43,6 +43,8 @@ class ShowTellModule(L.LightningModule):
         feature_dim: linked from the data module: the size of bring-your-own features (then no CNN is built).
         encoder: torchvision backbone name (``showtell.encoder.BACKBONES``).
         weights: torchvision weights name (``DEFAULT`` = ImageNet), ``null`` (random init) or a local file.
+        feature_norm: BatchNorm on the pooled CNN features before the image embedding (not in the paper;
+            helps a random, untrained CNN as in the offline demo).
         embed_size, hidden_size, num_layers, dropout: decoder sizes (paper / im2txt: 512, 512, 1, 0.3).
         conditioning: where the image enters the LSTM: ``pre`` (paper: once at t=-1), ``init``, ``par``, ``merge``.
         uniform_init: uniform(-a, a) init of the decoder (im2txt 0.08); null keeps PyTorch's defaults.
@@ -57,7 +59,8 @@ class ShowTellModule(L.LightningModule):
     """
 
     def __init__(self, vocab_size: int = 0, feature_dim: int | None = None, encoder: str = "resnet50",
-                 weights: str | None = "DEFAULT", embed_size: int = 512, hidden_size: int = 512,
+                 weights: str | None = "DEFAULT", feature_norm: bool = False, embed_size: int = 512,
+                 hidden_size: int = 512,
                  num_layers: int = 1, dropout: float = 0.3,
                  conditioning: Literal["pre", "init", "par", "merge"] = "pre", uniform_init: float | None = 0.08,
                  optimizer: Literal["adam", "sgd"] = "adam", lr: float = 4e-4, weight_decay: float = 0.0,
@@ -71,7 +74,7 @@ class ShowTellModule(L.LightningModule):
                              "model through train.py / LightningCLI or pass data.vocab_size")
         self.save_hyperparameters()
         self.encoder = ImageEncoder(encoder, None if _LOADING_CHECKPOINT.get() else weights, embed_size,
-                                    frozen=True, feature_dim=feature_dim)
+                                    frozen=True, feature_dim=feature_dim, feature_norm=feature_norm)
         self.decoder = CaptionDecoder(vocab_size, embed_size, hidden_size, num_layers, dropout, conditioning,
                                       uniform_init)
         self.vocab: Vocabulary | None = None  # set from the data module at setup, or from a checkpoint
