@@ -1,0 +1,195 @@
+"""The offline shapes demo: Kaggle layout, determinism, splits, safe (re)generation, CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from showtell import demo
+from showtell.demo import SPLIT_FILES, captions_for, draw_scene, generate_demo, main, random_scene
+from showtell.vocab import tokenize
+
+NUM_IMAGES, IMAGE_SIZE = 40, 64
+
+
+def _generate(root: Path, seed: int = 0, **kwargs) -> Path:
+    return generate_demo(root, num_images=NUM_IMAGES, seed=seed, image_size=IMAGE_SIZE, progress=False, **kwargs)
+
+
+def _rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "captions.txt", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    return _generate(tmp_path_factory.mktemp("demo") / "demo")
+
+
+def test_kaggle_layout_and_captions(demo_root):
+    assert (demo_root / "captions.txt").read_text().splitlines()[0] == "image,caption"
+    rows = _rows(demo_root)
+    assert len(rows) == 5 * NUM_IMAGES
+    by_image: dict[str, list[str]] = {}
+    for row in rows:
+        by_image.setdefault(row["image"], []).append(row["caption"])
+    assert sorted(by_image) == sorted(p.name for p in (demo_root / "Images").iterdir())
+    for caps in by_image.values():
+        assert len(caps) == 5 and len(set(caps)) == 5  # five different captions per image
+        assert len({tokenize(c)[0] for c in caps}) == 5  # one template each: five different first words
+
+
+def test_commas_are_quoted(demo_root):
+    text = (demo_root / "captions.txt").read_text()
+    with_comma = [row["caption"] for row in _rows(demo_root) if "," in row["caption"]]
+    assert with_comma, "some captions must contain commas to exercise the CSV parser"
+    assert f'"{with_comma[0]}"' in text
+
+
+def test_images_are_rgb_jpegs_of_the_requested_size(demo_root):
+    paths = sorted((demo_root / "Images").iterdir())
+    assert len(paths) == NUM_IMAGES
+    for path in paths:
+        with Image.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (IMAGE_SIZE, IMAGE_SIZE))
+
+
+def test_splits_are_disjoint_cover_all_images_75_12_12(demo_root):
+    splits = {key: (demo_root / name).read_text().split() for key, name in SPLIT_FILES.items()}
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [30, 5, 5]
+    everything = [n for names in splits.values() for n in names]
+    assert len(set(everything)) == len(everything)
+    assert set(everything) == {row["image"] for row in _rows(demo_root)}
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path, demo_root):
+    again = _generate(tmp_path / "again")
+    assert _files(again) == _files(demo_root)
+    other = _generate(tmp_path / "other", seed=1)
+    assert (other / "captions.txt").read_bytes() != (demo_root / "captions.txt").read_bytes()
+    assert (other / "Flickr_8k.testImages.txt").read_text() != (demo_root / "Flickr_8k.testImages.txt").read_text()
+
+
+def test_captions_are_a_function_of_the_drawn_scene(demo_root):
+    rows = _rows(demo_root)
+    for i in (0, 7, 39):
+        scene = random_scene(np.random.default_rng([0, 0, i]))  # the per-image stream generate_demo uses
+        assert [r["caption"] for r in rows[5 * i:5 * i + 5]] == captions_for(scene)
+
+
+@pytest.mark.parametrize("kind", demo.KINDS)
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_shapes_never_overlap_or_leave_the_image(kind, image_size):
+    for layout in [("left", "middle", "right"), ("top", "bottom")]:
+        masks = []  # pixels at least half covered by each shape, drawn alone
+        for position in layout:
+            pixels = np.asarray(draw_scene([demo.Shape(kind, "red", "large", position)], image_size)).astype(int)
+            difference = np.abs(pixels - np.array(demo.BACKGROUND)).sum(-1)  # (H, W)
+            masks.append(difference > 0.5 * np.abs(np.array(demo.COLOURS["red"]) - demo.BACKGROUND).sum())
+        for mask in masks:
+            assert mask.any() and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        assert (np.sum(masks, axis=0) <= 1).all(), f"large {kind}s overlap in layout {layout}"
+
+
+def test_rerun_returns_without_regenerating(tmp_path, monkeypatch):
+    root = _generate(tmp_path / "demo")
+    stamps = {p: p.stat().st_mtime_ns for p in [root / "captions.txt", root / demo.MARKER]}
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "_write", lambda *args: pytest.fail("a complete demo was generated again"))
+        assert _generate(root) == root
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert _generate(root, overwrite=True) == root
+    assert (root / demo.MARKER).stat().st_mtime_ns != stamps[root / demo.MARKER]
+
+
+def test_other_parameters_regenerate(tmp_path):
+    root = _generate(tmp_path / "demo")
+    _generate(root, seed=3)
+    assert json.loads((root / demo.MARKER).read_text())["seed"] == 3
+    assert _rows(root) != _rows(_generate(tmp_path / "seed0"))
+
+
+def test_incomplete_folder_is_regenerated(tmp_path):
+    root = _generate(tmp_path / "demo")
+    expected = _files(root)
+    (root / demo.MARKER).unlink()  # as if the run had died before finishing
+    next(iter((root / "Images").iterdir())).unlink()
+    (root / "captions.txt").write_text("image,caption\n")
+    assert demo.is_complete(root, NUM_IMAGES, 0, IMAGE_SIZE) is False
+    _generate(root)
+    assert _files(root) == expected
+
+
+def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    def interrupted(folder: Path, *args) -> None:
+        (folder / "Images").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _generate(tmp_path / "demo")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert demo.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
+
+
+def test_empty_folder_is_used(tmp_path):
+    (tmp_path / "demo").mkdir()
+    assert demo.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("content", ["notes.txt", "Images/1000268201_693b08cb0e.jpg"])
+def test_refuses_to_clobber_a_folder_that_is_not_a_demo(tmp_path, content):
+    root = tmp_path / "flickr8k"
+    (root / content).parent.mkdir(parents=True, exist_ok=True)
+    (root / content).write_text("precious")
+    (root / "captions.txt").write_text("image,caption\n")
+    with pytest.raises(FileExistsError, match="not a showtell demo folder"):
+        _generate(root, overwrite=True)
+    assert (root / content).read_text() == "precious"
+
+
+def test_bad_arguments_raise_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match="num_images"):
+        generate_demo(tmp_path / "d", num_images=3, progress=False)
+    with pytest.raises(ValueError, match="image_size"):
+        generate_demo(tmp_path / "d", num_images=8, image_size=8, progress=False)
+
+
+def test_cli(tmp_path, capsys):
+    root = tmp_path / "cli"
+    main(["--root", str(root), "--num_images", "16", "--image_size", "48", "--seed", "2", "--no_progress"])
+    out = capsys.readouterr().out
+    assert str(root) in out and "16 images" in out and "80 captions" in out and "12/2/2" in out
+    main(["--root", str(root), "--num_images", "16", "--image_size", "48", "--seed", "2", "--no_progress"])
+    assert "reused" in capsys.readouterr().out
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path / "mine"), "--num_images", "16", "--no_progress"])
+    assert exit_info.value.code == 2
+    assert "not a showtell demo folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("showtell.sources") is None, reason="showtell.sources not present")
+def test_sources_reads_the_demo_as_kaggle_with_its_split_files(demo_root):
+    from showtell.sources import detect_format, load_corpus
+
+    assert detect_format(demo_root) == "kaggle"
+    corpus = load_corpus(demo_root, format="kaggle")
+    assert corpus.format == "kaggle"
+    for key, name in SPLIT_FILES.items():
+        assert corpus.splits[key] == sorted((demo_root / name).read_text().split())
+    rows = _rows(demo_root)
+    assert sum(len(c) for c in corpus.captions.values()) == len(rows) == 5 * NUM_IMAGES
+    assert corpus.captions[rows[0]["image"]][0] == rows[0]["caption"]
