@@ -56,7 +56,7 @@ SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 _IMAGE_NAME = re.compile(r"shapes_\d{5,}\.jpg")
-_DEMO_ENTRIES = {MARKER, CAPTIONS_FILE, IMAGE_DIR, *SPLIT_FILES.values()}
+_DEMO_ENTRIES = {MARKER, CAPTIONS_FILE, IMAGE_DIR, ".showtell_cache", *SPLIT_FILES.values()}  # + feature cache
 JPEG_QUALITY = 95
 SUPERSAMPLE = 2  # draw at 2x and downscale: anti-aliased edges
 BACKGROUND = (245, 245, 245)
