@@ -145,7 +145,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self._corpus: CaptionCorpus | None = None
         self._vocab: Vocabulary | None = None
-        self._features: FeatureTable | None = None
+        self._features: FeatureTable | None = None  # bring-your-own file
+        self._cache_table: FeatureTable | None = None  # features cached from our own encoder
         self.datasets: dict[str, CaptionDataset] = {}
         self.report = SkipReport()
 
@@ -196,7 +197,7 @@ class Flickr8kDataModule(L.LightningDataModule):
                     corpus.report.add(f"images missing from the features file ({split})", name)
             if not kept:
                 raise DatasetError(f"none of the {len(names)} {split} images of {self.root} is in the features "
-                                   f"file {hp_path(self.hparams.features)}; do the names match the caption file?")
+                                   f"file {self.hparams.features}; do the names match the caption file?")
             corpus.splits[split] = kept
 
     def _user_features(self) -> FeatureTable:
@@ -226,14 +227,23 @@ class Flickr8kDataModule(L.LightningDataModule):
         hp = self.hparams
         spec = {"backbone": hp.encoder, "weights": str(hp.weights), "image_size": hp.image_size,
                 "preprocess": repr(preprocess_for(hp.encoder, hp.weights, None)), "version": 1}
-        names = sorted(n for names in self.corpus.splits.values() for n in names)
+        names = self._image_names()
         folder = Path(hp.cache_dir).expanduser() if hp.cache_dir else self.root / ".showtell_cache"
         return folder / f"features_{hp.encoder}_{cache_key(names, spec)}.npz"
 
+    def _image_names(self) -> list[str]:
+        """Every image of every split, sorted: the rows of the feature cache."""
+        return sorted(n for names in self.corpus.splits.values() for n in names)
+
     def _cached_features(self) -> FeatureTable:
+        if self._cache_table is None:  # prepare_data and setup both ask: read the file once per process
+            self._cache_table = self._load_or_extract_features()
+        return self._cache_table
+
+    def _load_or_extract_features(self) -> FeatureTable:
         from showtell.encoder import build_backbone, preprocess_for
         hp = self.hparams
-        names = sorted(n for names in self.corpus.splits.values() for n in names)
+        names = self._image_names()
         transform = image_transform(preprocess_for(hp.encoder, hp.weights, None), hp.image_size, augment=False)
 
         def compute():
@@ -301,6 +311,3 @@ class Flickr8kDataModule(L.LightningDataModule):
     def eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or 4 * self.hparams.batch_size
 
-
-def hp_path(path: str | None) -> str:
-    return str(Path(path).expanduser()) if path else "<none>"

@@ -51,18 +51,6 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"  # torchvision InterpolationMode value: "bilinear" | "bicubic" | ...
 
-    def transform(self) -> Callable:
-        """PIL image -> normalised (3, crop, crop) tensor, as the weights were evaluated on ImageNet."""
-        from torchvision import transforms
-
-        return transforms.Compose([
-            transforms.Resize(self.resize, interpolation=transforms.InterpolationMode(self.interpolation),
-                              antialias=True),
-            transforms.CenterCrop(self.crop),
-            transforms.ToTensor(),
-            transforms.Normalize(self.mean, self.std),
-        ])
-
 
 def preprocess_for(name: str, weights: str | None, image_size: int | None = None) -> Preprocess:
     """Preprocessing for backbone ``name`` with ``weights`` (a torchvision weights name, None or a file path).

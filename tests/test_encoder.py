@@ -205,7 +205,9 @@ def test_preprocess_follows_the_weights():
     assert preprocess_for("inception_v3", "/some/where/inception.pth") == inception
     small = preprocess_for("resnet18", "DEFAULT", image_size=64)
     assert (small.resize, small.crop) == (73, 64)
-    transform = small.transform()
+    from showtell.data import image_transform
+
+    transform = image_transform(small, None, augment=False)  # the one transform training and captioning use
     from PIL import Image
     out = transform(Image.new("RGB", (120, 90), (255, 0, 0)))
     assert out.shape == (3, 64, 64)
