@@ -9,6 +9,7 @@ a batch is a few tensor gathers, never a Python loop over samples.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -19,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from showtell.batching import BucketBatchSampler
 from showtell.features import (
     FeatureTable,
     cache_key,
@@ -88,8 +90,10 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_of)
 
-    def __getitem__(self, index: int) -> Batch:
-        return self.__getitems__([index])
+    def __getitem__(self, index: int | Sequence[int]) -> Batch:
+        # A list of indices is a whole batch (``BucketBatchSampler`` yields batches to a loader without
+        # auto-batching).
+        return self.__getitems__([index] if isinstance(index, int) else index)
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -115,6 +119,10 @@ class Flickr8kDataModule(L.LightningDataModule):
         root: folder holding the dataset (any published layout), or where the demo is generated.
         format: ``auto`` detects the layout from the files in ``root``.
         batch_size: training batch size (captions per step).
+        bucket_by_length: training batches of captions of similar length (``showtell.batching``): about half
+            the padded positions of random batches, same epoch content; the order is a function of
+            ``shuffle_seed`` and the epoch.
+        shuffle_seed: seed of the training batch order; default: the run's ``seed_everything``.
         eval_batch_size: images per validation/test step (default 4 x batch_size; decoding is batched).
         num_workers: image-decoding workers (unused on in-memory features).
         min_count: words seen fewer times in the train split map to ``<unk>``.
@@ -134,7 +142,8 @@ class Flickr8kDataModule(L.LightningDataModule):
     """
 
     def __init__(self, root: str = "data/flickr8k", format: Literal["auto", "kaggle", "original", "karpathy"] = "auto",
-                 batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 4,
+                 batch_size: int = 64, bucket_by_length: bool = True, shuffle_seed: int | None = None,
+                 eval_batch_size: int | None = None, num_workers: int = 4,
                  min_count: int = 5, max_len: int = 40, encoder: str = "resnet50", weights: str | None = "DEFAULT",
                  image_size: int | None = None, augment: bool = False, features: str | None = None,
                  cache_features: bool = True, cache_dir: str | None = None, frozen_encoder: bool = True,
@@ -290,22 +299,36 @@ class Flickr8kDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{s} {len(set(d.names))} images/{len(d)} samples" for s, d in self.datasets.items())
         return f"data: {self.corpus.format} layout at {self.root}: {sizes}; vocab {self.vocab_size} words"
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, **batching) -> DataLoader:
         dataset = self.datasets[split]
         in_memory = dataset.features is not None
         workers = 0 if in_memory else self.hparams.num_workers  # gathers from RAM: workers only add IPC
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_passthrough,
-                          num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0, drop_last=False)
+        return DataLoader(dataset, collate_fn=_passthrough, num_workers=workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, **batching)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        return self._loader("train", sampler=self.train_sampler(), batch_size=None)
+
+    def train_sampler(self) -> BucketBatchSampler:
+        """This process's training batches: bucketed or plain shuffled, by seed and epoch, DDP-aware."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return BucketBatchSampler(self.datasets["train"].lengths, self.hparams.batch_size,
+                                  bucket=self.hparams.bucket_by_length, seed=self.shuffle_seed,
+                                  num_replicas=replicas, rank=rank)
+
+    @property
+    def shuffle_seed(self) -> int:
+        """``shuffle_seed``, else the seed ``seed_everything`` set (Lightning exports it as PL_GLOBAL_SEED)."""
+        if self.hparams.shuffle_seed is not None:
+            return self.hparams.shuffle_seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self._loader("val", batch_size=self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._loader("test", batch_size=self.eval_batch_size, shuffle=False)
 
     @property
     def eval_batch_size(self) -> int:

@@ -69,12 +69,16 @@ class CaptionDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
 
-    def forward(self, image_embeds: Tensor, captions: Tensor) -> Tensor:
+    def forward(self, image_embeds: Tensor, captions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Teacher forcing. captions (B, T) = ``<start> w1..wn`` (pads after) -> logits (B, T, V);
         ``logits[:, t]`` predicts token t+1 of the caption, i.e. ``w1..wn <end>``.
 
+        ``mask`` (B, T) bool, true where the predicted token is a real one: only those positions go through
+        the output (and merge) layer, and the result is (M, V) for the M true positions in row-major order
+        (``logits[mask]`` of the full result, without computing the pads).
+
         Right padding needs no packing: the LSTM is unidirectional, so pads after a caption's end never
-        influence its earlier outputs, and the loss masks the outputs at pad positions.
+        influence its earlier outputs.
         """
         image = self.dropout(image_embeds)  # (B, E)
         words = self.dropout(self.embedding(captions))  # (B, T, E)
@@ -84,7 +88,10 @@ class CaptionDecoder(nn.Module):
             out = out[:, 1:]  # (B, T, H)
         else:
             out, _ = self.lstm(self._inputs(words, image), self._initial_state(image))  # (B, T, H)
-        return self._logits(out, image)  # (B, T, V)
+        if mask is None:
+            return self._logits(out, image.unsqueeze(1).expand(-1, out.shape[1], -1))  # (B, T, V)
+        rows = mask.nonzero(as_tuple=True)[0]  # (M,) the caption of each real position
+        return self._logits(out[mask], image[rows])  # (M, V)
 
     # ------------------------------------------------------------------------------------------ decoding
 
@@ -131,10 +138,8 @@ class CaptionDecoder(nn.Module):
         return torch.cat([words, image.unsqueeze(1).expand(-1, words.shape[1], -1)], dim=-1)
 
     def _logits(self, out: Tensor, image: Tensor) -> Tensor:
-        """LSTM outputs (..., H) -> logits (..., V); "merge" joins the image here."""
+        """LSTM outputs (..., H) and the image (..., E) of each -> logits (..., V); "merge" joins the image."""
         out = self.dropout(out)
         if self.conditioning == "merge":
-            if out.dim() == 3:
-                image = image.unsqueeze(1).expand(-1, out.shape[1], -1)
             out = self.merge(torch.cat([out, image], dim=-1))  # (..., H)
         return self.output(out)

@@ -92,9 +92,10 @@ class ShowTellModule(L.LightningModule):
             images = images.to(self.encoder.embed.weight.dtype)  # cached features are stored as float16
         return self.encoder(images)
 
-    def forward(self, images: Tensor, captions: Tensor) -> Tensor:
-        """Teacher-forced: captions (B,T) = <start> w1..wn <end> <pad>.. -> logits (B,T-1,V) for w1..wn <end>."""
-        return self.decoder(self.embed_images(images), captions[:, :-1])
+    def forward(self, images: Tensor, captions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced: captions (B,T) = <start> w1..wn <end> <pad>.. -> logits (B,T-1,V) for w1..wn <end>,
+        or (M,V) for the M positions where ``mask`` (B,T-1) is true (see ``CaptionDecoder.forward``)."""
+        return self.decoder(self.embed_images(images), captions[:, :-1], mask)
 
     @torch.no_grad()
     def generate(self, images: Tensor, beam_size: int = 1, top_k: int = 1, max_len: int | None = None) -> Decoded:
@@ -111,9 +112,11 @@ class ShowTellModule(L.LightningModule):
 
     # ----- training -----------------------------------------------------------------------------------------
     def _loss(self, batch: Batch) -> Tensor:
-        logits = self(batch.images, batch.captions)  # (B, T-1, V)
+        """Mean cross-entropy over the real tokens; the output layer never sees a pad position."""
         targets = batch.captions[:, 1:]  # (B, T-1): w1..wn <end> <pad>..
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID)
+        mask = targets != PAD_ID  # (B, T-1)
+        logits = self(batch.images, batch.captions, mask)  # (M, V), M = real tokens
+        return F.cross_entropy(logits.float(), targets[mask])
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch)

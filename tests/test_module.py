@@ -155,3 +155,32 @@ def test_finetune_after_unfreezes_the_cnn_with_its_own_learning_rate(demo_root, 
     assert not torch.equal(model.encoder.backbone.conv1.weight, before)
     groups = trainer.optimizers[0].param_groups
     assert len(groups) == 2 and groups[1]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("conditioning", ["pre", "init", "par", "merge"])
+def test_real_token_logits_give_the_padded_masked_loss_and_gradients(conditioning):
+    """Logits only at real positions == full logits with pads ignored: same loss, same gradients."""
+    torch.manual_seed(0)
+    model = ShowTellModule(vocab_size=30, feature_dim=8, embed_size=8, hidden_size=8, dropout=0.0,
+                           conditioning=conditioning)
+    lengths = torch.tensor([7, 3, 5, 4])
+    captions = torch.full((4, 7), PAD_ID)
+    for row, n in enumerate(lengths.tolist()):
+        captions[row, :n] = torch.randint(4, 30, (n,))
+        captions[row, 0], captions[row, n - 1] = START_ID, END_ID
+    batch = Batch(torch.randn(4, 8), captions, lengths, [[]] * 4, list("abcd"), torch.arange(4))
+
+    model.zero_grad()
+    loss = model._loss(batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    full = model(batch.images, batch.captions)  # (B, T-1, V): pads included
+    reference = torch.nn.functional.cross_entropy(full.flatten(0, 1), captions[:, 1:].flatten(),
+                                                  ignore_index=PAD_ID)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, msg=name)
