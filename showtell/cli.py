@@ -9,7 +9,9 @@ from the data module into the model, and the encoder choice is linked from the m
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -88,14 +90,36 @@ def _fit_and_test(args: list[str] | None) -> dict:
     cli = ShowTellCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     print(cli.summary(), flush=True)
+    start = time.perf_counter()
     trainer.fit(model, datamodule=data)
+    fit_s = time.perf_counter() - start
     if trainer.interrupted:
         print("training interrupted: skipping the test", file=sys.stderr)
         return {}
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
     print(f"testing {'the best checkpoint ' + best if best else 'the last weights'}", flush=True)
+    start = time.perf_counter()
     trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     if trainer.is_global_zero:
-        print(f"run folder: {model.output_dir()}", flush=True)
+        out_dir = model.output_dir()
+        write_fit_summary(out_dir, trainer, fit_s, time.perf_counter() - start, model.hparams.test_beam_size)
+        print(f"run folder: {out_dir}", flush=True)
     return model.test_metrics
+
+
+def write_fit_summary(out_dir: Path, trainer, fit_s: float, test_s: float, test_beam_size: int) -> None:
+    """``fit_summary.json``: epochs trained, the checkpointed best (epoch, monitored value), wall times."""
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+    best_epoch = None
+    if best:
+        best_epoch = torch.load(best, map_location="cpu", weights_only=False).get("epoch")
+    score = ckpt.best_model_score if best else None
+    summary = {"epochs": trainer.current_epoch, "best_epoch": best_epoch,
+               "monitor": ckpt.monitor if best else None,
+               "best_score": None if score is None else float(score),
+               "best_checkpoint": best, "fit_s": round(fit_s, 2), "test_s": round(test_s, 2),
+               "test_beam_size": test_beam_size}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
