@@ -22,16 +22,33 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from showtell.data import Flickr8kDataModule
 from showtell.encoder import WeightsUnavailableError
 from showtell.module import ShowTellModule
+from showtell.outputs import collected_test_metrics, run_folder
 from showtell.sources import DatasetError
 
 # Errors whose message tells the user what to do: printed as one line, without a traceback.
 USER_ERRORS = (DatasetError, WeightsUnavailableError, FileExistsError)
 
+# Every command starts from the paper baseline; --config files are overlays on top of it.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
 
 
-def _frozen(finetune_after: int | None) -> bool:
+def frozen_encoder(finetune_after: int | None) -> bool:
     return finetune_after is None
+
+
+# Data options that follow from the model (its encoder decides the preprocessing and the feature cache):
+# (model option, data option, how the value is derived). Linked by the CLI; showtell.evaluate copies them
+# from a checkpoint's hyperparameters with ``linked_data_options``.
+MODEL_TO_DATA_LINKS = (("encoder", "encoder", None), ("weights", "weights", None),
+                       ("finetune_after", "frozen_encoder", frozen_encoder))
+# Values that follow from the data, linked into the model once the data module exists.
+DATA_TO_MODEL_LINKS = ("vocab_size", "feature_dim")
+
+
+def linked_data_options(model_hparams: dict) -> dict:
+    """The data module arguments a model's hyperparameters decide (see ``MODEL_TO_DATA_LINKS``)."""
+    return {target: (derive or (lambda v: v))(model_hparams[source])
+            for source, target, derive in MODEL_TO_DATA_LINKS}
 
 
 class ShowTellCLI(LightningCLI):
@@ -39,14 +56,14 @@ class ShowTellCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # re-running into one folder must work
         kwargs.setdefault("auto_configure_optimizers", False)  # the module's own optimizer arguments
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"default_config_files": [str(DEFAULT_CONFIG)]})
         super().__init__(ShowTellModule, Flickr8kDataModule, args=args, run=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.encoder", "data.encoder")
-        parser.link_arguments("model.weights", "data.weights")
-        parser.link_arguments("model.finetune_after", "data.frozen_encoder", compute_fn=_frozen)
-        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.feature_dim", "model.feature_dim", apply_on="instantiate")
+        for source, target, derive in MODEL_TO_DATA_LINKS:
+            parser.link_arguments(f"model.{source}", f"data.{target}", compute_fn=derive)
+        for name in DATA_TO_MODEL_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def summary(self) -> str:
         """One line: dataset sizes, vocabulary, parameters, device, precision."""
@@ -84,10 +101,7 @@ def main(args: list[str] | None = None) -> dict:
 
 def _fit_and_test(args: list[str] | None) -> dict:
     quiet_known_warnings()
-    args = list(sys.argv[1:] if args is None else args)
-    if not any(a == "--config" or a.startswith("--config=") for a in args):
-        args = ["--config", str(DEFAULT_CONFIG), *args]  # no --config: the Flickr8k paper baseline
-    cli = ShowTellCLI(args=args)
+    cli = ShowTellCLI(args=list(sys.argv[1:] if args is None else args))
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     print(cli.summary(), flush=True)
     start = time.perf_counter()
@@ -102,10 +116,10 @@ def _fit_and_test(args: list[str] | None) -> dict:
     start = time.perf_counter()
     trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     if trainer.is_global_zero:
-        out_dir = model.output_dir()
+        out_dir = run_folder(trainer)
         write_fit_summary(out_dir, trainer, fit_s, time.perf_counter() - start, model.hparams.test_beam_size)
         print(f"run folder: {out_dir}", flush=True)
-    return model.test_metrics
+    return collected_test_metrics(trainer)
 
 
 def write_fit_summary(out_dir: Path, trainer, fit_s: float, test_s: float, test_beam_size: int) -> None:

@@ -8,7 +8,6 @@ a batch is a few tensor gathers, never a Python loop over samples.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Literal, NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
@@ -31,8 +31,6 @@ from showtell.features import (
 )
 from showtell.sources import CaptionCorpus, DatasetError, SkipReport, load_corpus
 from showtell.vocab import PAD_ID, Vocabulary, tokenize
-
-log = logging.getLogger(__name__)
 
 
 class Batch(NamedTuple):
@@ -108,6 +106,11 @@ class CaptionDataset(Dataset):
                      [self.names[i] for i in image_idx], idx)
 
 
+@rank_zero_only
+def _say(line: str) -> None:
+    print(line, flush=True)  # once per run, not once per DDP process
+
+
 def _passthrough(batch: Batch) -> Batch:
     return batch  # the dataset already returns a collated Batch
 
@@ -124,6 +127,7 @@ class Flickr8kDataModule(L.LightningDataModule):
             ``shuffle_seed`` and the epoch.
         shuffle_seed: seed of the training batch order; default: the run's ``seed_everything``.
         eval_batch_size: images per validation/test step (default 4 x batch_size; decoding is batched).
+        test_split: the split ``trainer.test`` decodes and scores (``showtell.evaluate --split`` sets it).
         num_workers: image-decoding workers (unused on in-memory features).
         min_count: words seen fewer times in the train split map to ``<unk>``.
         max_len: training captions are cut to this many words (default keeps all Flickr8k captions).
@@ -143,7 +147,8 @@ class Flickr8kDataModule(L.LightningDataModule):
 
     def __init__(self, root: str = "data/flickr8k", format: Literal["auto", "kaggle", "original", "karpathy"] = "auto",
                  batch_size: int = 64, bucket_by_length: bool = True, shuffle_seed: int | None = None,
-                 eval_batch_size: int | None = None, num_workers: int = 4,
+                 eval_batch_size: int | None = None, test_split: Literal["test", "val"] = "test",
+                 num_workers: int = 4,
                  min_count: int = 5, max_len: int = 40, encoder: str = "resnet50", weights: str | None = "DEFAULT",
                  image_size: int | None = None, augment: bool = False, features: str | None = None,
                  cache_features: bool = True, cache_dir: str | None = None, frozen_encoder: bool = True,
@@ -292,8 +297,8 @@ class Flickr8kDataModule(L.LightningDataModule):
                 features=features, image_dir=corpus.image_dir,
                 transform=transform if split == "train" else eval_transform)
         if self.report.counts():
-            print(self.report.summary())
-        print(self.describe() + f" ({why})")
+            _say(self.report.summary())
+        _say(self.describe() + f" ({why})")
 
     def describe(self) -> str:
         sizes = ", ".join(f"{s} {len(set(d.names))} images/{len(d)} samples" for s, d in self.datasets.items())
@@ -328,7 +333,11 @@ class Flickr8kDataModule(L.LightningDataModule):
         return self._loader("val", batch_size=self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_split, batch_size=self.eval_batch_size, shuffle=False)
+
+    @property
+    def test_split(self) -> str:
+        return self.hparams.test_split
 
     @property
     def eval_batch_size(self) -> int:

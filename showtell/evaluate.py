@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -35,14 +34,17 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options
 from showtell.data import Flickr8kDataModule
 from showtell.encoder import WeightsUnavailableError
 from showtell.metrics import caption_metrics, format_metrics_table
 from showtell.module import ShowTellModule
+from showtell.outputs import collected_test_metrics, metrics_json
 
-# Data options that follow from the model (as linked in showtell.cli), never set by hand here.
-MODEL_LINKED_DATA_OPTIONS = ("encoder", "weights", "frozen_encoder")
-METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider")
+# Data options that follow from the model (linked in showtell.cli), never set by hand here.
+MODEL_LINKED_DATA_OPTIONS = tuple(target for _, target, _ in MODEL_TO_DATA_LINKS)
+# The Trainer options this command takes (the others are fixed: no logger, no checkpoints).
+TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
 
 class EvaluationError(ValueError):
@@ -94,12 +96,6 @@ def _describe(value: Any) -> str:
     return "nothing (field missing)" if value is None else repr(value)[:60]
 
 
-def metrics_json(metrics: dict[str, float | None]) -> dict[str, float | None]:
-    """The metrics as plain JSON values (fractions; NaN or missing -> null), in the metrics file's order."""
-    return {k: (None if metrics.get(k) is None or math.isnan(metrics[k]) else float(metrics[k]))
-            for k in METRIC_KEYS}
-
-
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -121,11 +117,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_model(path: str | Path) -> tuple[ShowTellModule, dict[str, Any]]:
-    """The model on the CPU in eval mode and the data module arguments it was trained with ({} if none)."""
+def load_model(path: str | Path, **overrides: Any) -> tuple[ShowTellModule, dict[str, Any]]:
+    """The model on the CPU in eval mode and the data module arguments it was trained with ({} if none).
+
+    ``overrides`` replace stored hyperparameters (e.g. ``test_beam_size``), as Lightning's own loader does.
+    """
     checkpoint = read_checkpoint(path)
     try:
-        model = ShowTellModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        model = ShowTellModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise EvaluationError(f"checkpoint {path} does not fit ShowTellModule: {reason}") from None
@@ -149,17 +148,17 @@ def build_parser() -> ArgumentParser:
                         help="beam width (1 = greedy); default: the checkpoint's test_beam_size")
     parser.add_argument("--output_dir", type=str | None, default=None,
                         help="default: <checkpoint folder>/eval_<split>_beam<K>")
-    parser.add_class_arguments(Flickr8kDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS))
-    parser.add_argument("--trainer.accelerator", type=str, default="auto", help="cpu, gpu, auto, ...")
-    parser.add_argument("--trainer.devices", type=int | str, default=1, help="a number, 'auto' or e.g. '0,1'")
-    parser.add_argument("--trainer.precision", type=str | None, default=None,
-                        help="e.g. 32-true, bf16-mixed, 16-mixed (default: Lightning's, 32-true)")
+    parser.add_class_arguments(Flickr8kDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS) | {"test_split"})
+    # Lightning's own typed Trainer options (the ones that decide where and how decoding runs).
+    parser.add_class_arguments(L.Trainer, "trainer", skip=set(inspect.signature(L.Trainer).parameters)
+                               - set(TRAINER_OPTIONS))
+    parser.set_defaults({"trainer.devices": 1})
     return parser
 
 
 def _data_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """``--data.*`` defaults from a checkpoint's data module arguments (only the ones this parser has)."""
-    known = set(inspect.signature(Flickr8kDataModule).parameters) - set(MODEL_LINKED_DATA_OPTIONS)
+    known = set(inspect.signature(Flickr8kDataModule).parameters) - set(MODEL_LINKED_DATA_OPTIONS) - {"test_split"}
     return {f"data.{k}": v for k, v in stored.items() if k in known}
 
 
@@ -173,36 +172,33 @@ def evaluate_captions_file(path: str | Path, as_json: bool) -> dict[str, float |
     return metrics
 
 
-def evaluate_checkpoint(model: ShowTellModule, data: Flickr8kDataModule, split: str, beam_size: int,
-                        output_dir: Path, trainer_options: dict[str, Any]) -> dict[str, float | None]:
-    """Decode and score ``split`` through ``trainer.test``; the module writes the outputs on rank 0."""
-    model.hparams.test_beam_size = beam_size
-    model.test_split = split
-    if split != "test":
-        data.test_dataloader = getattr(data, f"{split}_dataloader")  # trainer.test scores what this returns
+def evaluate_checkpoint(model: ShowTellModule, data: Flickr8kDataModule, output_dir: Path,
+                        trainer_options: dict[str, Any]) -> dict[str, float | None]:
+    """Decode and score the data's ``test_split`` through ``trainer.test`` at the model's ``test_beam_size``;
+    the module's ``TestOutputWriter`` writes the outputs on rank 0."""
     trainer = L.Trainer(logger=False, default_root_dir=str(output_dir), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=data.hparams.progress, **trainer_options)
     trainer.test(model, datamodule=data, verbose=False)
     if trainer.is_global_zero:
+        split = data.test_split
         print(f"wrote {split}_captions.jsonl and {split}_metrics.json to {output_dir}", flush=True)
-    return model.test_metrics
+    return collected_test_metrics(trainer)
 
 
 def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[str, float | None]:
-    model, stored_data = load_model(ckpt)
-    parser.set_defaults(_data_defaults(stored_data))
+    stored = read_checkpoint(ckpt)
+    parser.set_defaults(_data_defaults(dict(stored.get("datamodule_hyper_parameters") or {})))
     args = parser.parse_args(argv)  # again: explicit --data.* options override the checkpoint's
-    hp = model.hparams
-    beam_size = hp.test_beam_size if args.beam_size is None else args.beam_size
+    beam_size = stored["hyper_parameters"].get("test_beam_size", 1) if args.beam_size is None else args.beam_size
     if beam_size < 1:
         raise EvaluationError(f"--beam_size must be at least 1, got {beam_size}")
+    model, _ = load_model(ckpt, test_beam_size=beam_size)
     data_options = {k: v for k, v in args.data.as_dict().items() if not k.startswith("__")}  # "__path__": a file
-    data_options.update(encoder=hp.encoder, weights=hp.weights, frozen_encoder=hp.finetune_after is None)
+    data_options.update(linked_data_options(model.hparams), test_split=args.split)
     default_dir = Path(ckpt).parent / f"eval_{args.split}_beam{beam_size}"
     output_dir = Path(args.output_dir or default_dir).expanduser().resolve()
     trainer_options = {k: v for k, v in args.trainer.as_dict().items() if v is not None}
-    return evaluate_checkpoint(model, Flickr8kDataModule(**data_options), args.split, beam_size, output_dir,
-                               trainer_options)
+    return evaluate_checkpoint(model, Flickr8kDataModule(**data_options), output_dir, trainer_options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,25 +18,23 @@ DistributedSampler pads an uneven split by repeating samples; after the cross-pr
 keeps one row per index, so every sample counts exactly once (7 samples on 2 processes: 0.410 would become
 0.378 without this).
 
-`caption_metrics` adds METEOR, ROUGE-L and CIDEr-D from pycocoevalcap (optional extra ``showtell[eval]``;
-METEOR also needs Java). Missing pieces give ``None`` and one warning, never a crash. All metrics see our own
-tokens (`showtell.vocab.tokenize`) joined by spaces, not PTBTokenizer output: we evaluate on the tokens we
-train on. pycocoevalcap's ``Cider`` is CIDEr-D (clipped n-gram weights, gaussian length penalty sigma=6,
-scaled by 10); its document frequencies come from the references of the evaluated set, so CIDEr depends on
-the whole test set (a single image scores 0), and it is returned as pycocoevalcap returns it (0.469 is
-"46.9" in the tables).
+`caption_metrics` adds ROUGE-L and CIDEr-D (our own, ``showtell.rewards``, equal to coco-caption's on the same
+tokens; no extra install) and METEOR from coco-caption's jar (optional extra ``showtell[eval]``, plus Java);
+METEOR is ``None`` with one warning when either is missing. All metrics see our own tokens
+(`showtell.vocab.tokenize`), not PTBTokenizer output: we evaluate on the tokens we train on. CIDEr-D's document
+frequencies come from the references of the evaluated set, as in coco-caption, so CIDEr depends on the whole
+test set (a single image scores 0); 0.469 is "46.9" in the tables.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import shutil
-import threading
+import subprocess
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,11 +42,12 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from showtell.rewards import cider_d, rouge_l
 from showtell.vocab import tokenize
 
 # coco-caption's epsilons: added to n-gram matches (tiny) and n-gram totals / lengths (small).
-_TINY = 1e-15
-_SMALL = 1e-9
+BLEU_TINY = 1e-15
+BLEU_SMALL = 1e-9
 _METRIC_NAMES = {
     "bleu1": "BLEU-1",
     "bleu2": "BLEU-2",
@@ -115,9 +114,9 @@ def bleu_from_statistics(stats: Tensor | Sequence[float]) -> dict[str, float]:
     scores = {}
     precision_product = 1.0
     for n in range(max_n):
-        precision_product *= (correct[n] + _TINY) / (total[n] + _SMALL)
+        precision_product *= (correct[n] + BLEU_TINY) / (total[n] + BLEU_SMALL)
         scores[f"bleu{n + 1}"] = precision_product ** (1.0 / (n + 1))
-    ratio = (hyp_len + _TINY) / (ref_len + _SMALL)
+    ratio = (hyp_len + BLEU_TINY) / (ref_len + BLEU_SMALL)
     if ratio < 1:  # brevity penalty
         penalty = math.exp(1 - 1 / ratio)
         scores = {name: value * penalty for name, value in scores.items()}
@@ -212,66 +211,62 @@ class CorpusBLEU(Metric):
         scores = bleu_from_statistics(rows[:, 1:].sum(0))
         return {name: torch.tensor(v, dtype=torch.float64, device=self.device) for name, v in scores.items()}
 
-    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+    def sync(self, *args: Any, **kwargs: Any) -> None:
         # torchmetrics stands in a 1-d float32 tensor for a process that saw no sample, which cannot be
         # gathered with the (n, width) float64 rows of the others; give it an empty row block instead.
         if isinstance(self.rows, list) and len(self.rows) == 0:
             self.rows = [torch.zeros(0, self.width, dtype=torch.float64, device=self.device)]
-        super()._sync_dist(*args, **kwargs)
+        super().sync(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Full caption metrics (test time)
 
 
-def _as_tokens(caption: str | Sequence[str]) -> list[str]:
+def as_tokens(caption: str | Sequence[str]) -> list[str]:
     """Tokens of a caption given as a string (tokenized with showtell.vocab.tokenize) or as tokens."""
     return tokenize(caption) if isinstance(caption, str) else list(caption)
 
 
-def _close_meteor(scorer: Any, worker: threading.Thread) -> None:
-    """End the METEOR java process; never leave it running or a lock that its ``__del__`` would block on."""
-    process = scorer.meteor_p
-    with contextlib.suppress(OSError):
-        process.stdin.close()
-    process.kill()  # it keeps nothing worth flushing; killing also unblocks a worker stuck reading its output
-    process.wait()
-    worker.join(timeout=5)
-    process.stdout.close()
-    process.stderr.close()
-    # pycocoevalcap's compute_score keeps its lock when it fails, and Meteor.__del__ acquires it.
-    scorer.lock = threading.Lock()
+def meteor(hypotheses: list[list[str]], references: list[list[list[str]]]) -> float | None:
+    """Corpus METEOR 1.5 as coco-caption computes it (pycocoevalcap's jar, English, normalised), or None with
+    one warning when pycocoevalcap or Java is missing, fails or hangs.
 
-
-def _meteor(meteor_class: type, gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
-    """pycocoevalcap METEOR, or None with one warning when Java is missing, fails or hangs."""
+    The jar's ``-stdio`` protocol is driven in one batch: a ``SCORE`` line per caption, then one ``EVAL`` line
+    with all their statistics; the answer is one line of statistics per caption, one score per caption and
+    the corpus score. One ``subprocess.run`` with a timeout: no process or thread outlives the call.
+    """
+    try:
+        from pycocoevalcap.meteor import meteor as meteor_module
+    except ImportError:
+        warnings.warn("METEOR needs pycocoevalcap (and Java): `pip install showtell[eval]`; meteor=None",
+                      stacklevel=3)
+        return None
     if shutil.which("java") is None:
         warnings.warn("METEOR needs Java but `java` is not on PATH: meteor=None (install Java)", stacklevel=3)
         return None
+    jar_dir = Path(meteor_module.__file__).parent  # pycocoevalcap ships meteor-1.5.jar and its data there
+    lines = []
+    for hyp, refs in zip(hypotheses, references):
+        hypothesis = " ".join(hyp).replace("|||", "").replace("  ", " ")  # as pycocoevalcap cleans it
+        lines.append(" ||| ".join(("SCORE", " ||| ".join(" ".join(r) for r in refs), hypothesis)))
+    timeout_s = 120 + 0.1 * len(lines)  # java start and paraphrase table ~7 s, then ~1 ms per caption
+    command = ["java", "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"]
     try:
-        scorer = meteor_class()
-    except OSError as err:
-        warnings.warn(f"METEOR could not start java ({err}): meteor=None", stacklevel=3)
+        stats = _meteor_exchange(command, jar_dir, lines, timeout_s)[: len(lines)]
+        answer = _meteor_exchange(command, jar_dir, ["EVAL ||| " + " ||| ".join(stats)], timeout_s)
+        return float(answer[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        warnings.warn(f"METEOR failed ({type(err).__name__}: {reason}): meteor=None", stacklevel=3)
         return None
-    outcome: dict[str, Any] = {}
 
-    def score() -> None:
-        try:
-            outcome["score"] = float(scorer.compute_score(gts, res)[0])
-        except Exception as err:  # any failure of the java side is reported as a warning below
-            outcome["error"] = err
 
-    worker = threading.Thread(target=score, daemon=True)
-    worker.start()
-    timeout_s = 120 + 0.1 * len(res)  # java start and paraphrase table ~7 s, then ~1 ms per caption
-    worker.join(timeout=timeout_s)
-    _close_meteor(scorer, worker)
-    if "score" in outcome:
-        return outcome["score"]
-    error = outcome.get("error")
-    reason = f"{type(error).__name__}: {error}" if error is not None else f"no answer in {timeout_s:.0f} s"
-    warnings.warn(f"METEOR failed ({reason}): meteor=None", stacklevel=3)
-    return None
+def _meteor_exchange(command: list[str], cwd: Path, lines: list[str], timeout_s: float) -> list[str]:
+    """Feed lines to the METEOR jar and return its output lines (non-empty)."""
+    result = subprocess.run(command, cwd=cwd, input="".join(line + "\n" for line in lines), text=True,
+                            capture_output=True, timeout=timeout_s, check=True)
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
 def caption_metrics(
@@ -279,33 +274,20 @@ def caption_metrics(
 ) -> dict[str, float | None]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of hypotheses against all their references.
 
-    Captions are token lists or strings (strings are tokenized with showtell.vocab.tokenize). BLEU comes from
-    `corpus_bleu` (identical to coco-caption); METEOR, ROUGE-L and CIDEr-D from pycocoevalcap, ``None`` with
-    one warning when it (or Java, for METEOR) is missing. Values are fractions; CIDEr can exceed 1.
+    Captions are token lists or strings (strings are tokenized with showtell.vocab.tokenize). BLEU
+    (`corpus_bleu`), ROUGE-L and CIDEr-D (``showtell.rewards``) are our own and equal coco-caption's; METEOR
+    runs coco-caption's jar (`meteor`) and is ``None`` with one warning when pycocoevalcap or Java is missing.
+    Values are fractions; CIDEr can exceed 1.
     """
     _check_pairs(hypotheses, references)
     if len(hypotheses) == 0:
         raise ValueError("caption_metrics needs at least one hypothesis, got none")
-    hyps = [_as_tokens(h) for h in hypotheses]
-    refs = [[_as_tokens(r) for r in rs] for rs in references]
+    hyps = [as_tokens(h) for h in hypotheses]
+    refs = [[as_tokens(r) for r in rs] for rs in references]
     metrics: dict[str, float | None] = dict(corpus_bleu(hyps, refs))
-    metrics.update(meteor=None, rougeL=None, cider=None)
-    try:
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.meteor.meteor import Meteor
-        from pycocoevalcap.rouge.rouge import Rouge
-    except ImportError:
-        warnings.warn(
-            "METEOR, ROUGE-L and CIDEr need pycocoevalcap: `pip install showtell[eval]`; they are None",
-            stacklevel=2,
-        )
-        return metrics
-    res = {i: [" ".join(h)] for i, h in enumerate(hyps)}
-    gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(refs)}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints progress and debug lines
-        metrics["meteor"] = _meteor(Meteor, gts, res)
-        metrics["rougeL"] = float(Rouge().compute_score(gts, res)[0])
-        metrics["cider"] = float(Cider().compute_score(gts, res)[0])
+    metrics["meteor"] = meteor(hyps, refs)
+    metrics["rougeL"] = rouge_l(hyps, refs)
+    metrics["cider"] = cider_d(hyps, refs)
     return metrics
 
 

@@ -3,7 +3,9 @@
 Training is teacher-forced cross-entropy over real tokens (padding masked). Validation and test decode
 free-running (never teacher-forced), greedy or beam search through ``showtell.decoding``, and score corpus
 BLEU-1..4 against all references with coco-caption's exact formula (``showtell.metrics``), de-duplicated
-across DDP processes. Test also writes the captions (JSONL) and the full metric set (JSON) to the run folder.
+across DDP processes, and validation CIDEr-D (``showtell.rewards``). ``test_step`` returns one record per image;
+the ``TestOutputWriter`` callback the module brings (``showtell.outputs``) scores them with every metric and
+writes the captions (JSONL) and metrics (JSON) to the run folder.
 
 Checkpoints are self-contained: hyperparameters (encoder spec included), weights and the vocabulary (plain
 JSON data) are inside, so ``ShowTellModule.load_from_checkpoint(path)`` works in a fresh process without
@@ -13,9 +15,6 @@ the dataset and without downloading pretrained weights.
 from __future__ import annotations
 
 import contextvars
-import json
-import math
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -27,7 +26,9 @@ from showtell.data import Batch
 from showtell.decoder import CaptionDecoder
 from showtell.decoding import Decoded, decode
 from showtell.encoder import ImageEncoder
-from showtell.metrics import CorpusBLEU, caption_metrics, format_metrics_table
+from showtell.metrics import CorpusBLEU
+from showtell.outputs import TestOutputWriter, gather_records
+from showtell.rewards import cider_d
 from showtell.vocab import PAD_ID, Vocabulary
 
 # Set while load_from_checkpoint builds the module: the checkpoint's state dict brings the CNN weights,
@@ -81,9 +82,7 @@ class ShowTellModule(L.LightningModule):
         self.val_bleu = CorpusBLEU()
         self.test_bleu = CorpusBLEU()
         self.val_samples: list[dict[str, Any]] = []
-        self._test_records: list[dict[str, Any]] = []
-        self.test_split = "test"  # the split test_step scores (showtell.evaluate may set "val"); names outputs
-        self.test_metrics: dict[str, float | None] = {}
+        self._val_records: list[dict[str, Any]] = []  # this epoch's validation captions, for CIDEr-D
 
     # ----- model --------------------------------------------------------------------------------------------
     def embed_images(self, images: Tensor) -> Tensor:
@@ -131,25 +130,36 @@ class ShowTellModule(L.LightningModule):
             self.log("train/perplexity", torch.exp(loss), prog_bar=True)
 
     # ----- evaluation ---------------------------------------------------------------------------------------
-    def _evaluate(self, batch: Batch, stage: str, beam_size: int, bleu: CorpusBLEU) -> list[list[str]]:
+    def _evaluate(self, batch: Batch, stage: str, beam_size: int, bleu: CorpusBLEU) -> list[dict[str, Any]]:
+        """Loss, free-running captions and BLEU counts of a batch; one record per image."""
         size = len(batch.lengths)
         self.log(f"{stage}/loss", self._loss(batch), on_epoch=True, sync_dist=True, batch_size=size)
         hypotheses = self.captions_from(self.generate(batch.images, beam_size=beam_size))
         bleu.update(hypotheses, batch.references, batch.indices)
-        return hypotheses
+        return [{"index": int(i), "image_id": name, "caption": " ".join(h), "references": [" ".join(r) for r in refs]}
+                for i, name, h, refs in zip(batch.indices.tolist(), batch.image_ids, hypotheses, batch.references)]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_records = []
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        hypotheses = self._evaluate(batch, "val", self.hparams.val_beam_size, self.val_bleu)
+        records = self._evaluate(batch, "val", self.hparams.val_beam_size, self.val_bleu)
+        self._val_records += records
         if batch_idx == 0:
-            n = self.hparams.log_samples
-            self.val_samples = [{"image_id": i, "caption": " ".join(h), "references": [" ".join(r) for r in refs]}
-                                for i, h, refs in zip(batch.image_ids[:n], hypotheses[:n], batch.references[:n])]
+            self.val_samples = [{k: r[k] for k in ("image_id", "caption", "references")}
+                                for r in records[: self.hparams.log_samples]]
 
     def on_validation_epoch_end(self) -> None:
         self._log_bleu("val", self.val_bleu)
         loss = self.trainer.callback_metrics.get("val/loss")
         if loss is not None:
             self.log("val/perplexity", torch.exp(loss))
+        records = gather_records(self._val_records)  # every process gets all images: same value everywhere
+        if records:
+            score = cider_d([r["caption"].split() for r in records], [[ref.split() for ref in r["references"]]
+                                                                      for r in records])
+            self.log("val/cider", float(score))
+        self._val_records = []
 
     def _log_bleu(self, stage: str, bleu: CorpusBLEU) -> dict[str, Tensor]:
         scores = bleu.compute()  # already synchronised (and de-duplicated) across processes
@@ -157,40 +167,15 @@ class ShowTellModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val")
         return scores
 
-    def on_test_epoch_start(self) -> None:
-        self._test_records = []
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        hypotheses = self._evaluate(batch, "test", self.hparams.test_beam_size, self.test_bleu)
-        self._test_records += [
-            {"index": int(i), "image_id": name, "caption": " ".join(h), "references": [" ".join(r) for r in refs]}
-            for i, name, h, refs in zip(batch.indices.tolist(), batch.image_ids, hypotheses, batch.references)]
+    def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Decode at ``test_beam_size``; the records go to ``TestOutputWriter`` (scores, files, table)."""
+        return self._evaluate(batch, "test", self.hparams.test_beam_size, self.test_bleu)
 
     def on_test_epoch_end(self) -> None:
         self._log_bleu("test", self.test_bleu)
-        records = self._gather_records(self._test_records)
-        self.test_metrics = caption_metrics([r["caption"].split() for r in records],
-                                            [[ref.split() for ref in r["references"]] for r in records])
-        out_dir = self.output_dir()
-        if self.trainer.is_global_zero and out_dir is not None:
-            write_test_outputs(out_dir, records, self.test_metrics, self.test_split)
-            title = f"{self.test_split} metrics ({len(records)} images, beam {self.hparams.test_beam_size})"
-            print(format_metrics_table(self.test_metrics, title=title))
 
-    def _gather_records(self, records: list[dict]) -> list[dict]:
-        """All processes' test captions, each sample once (DDP pads the last batch with repeats)."""
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[list[dict]] = [[] for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        unique = {r["index"]: r for r in records}
-        return [unique[i] for i in sorted(unique)]
-
-    def output_dir(self) -> Path | None:
-        """Where test outputs go: the run folder (the logger's folder, else the trainer's root)."""
-        if self._trainer is None:
-            return None
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+    def configure_callbacks(self) -> list:
+        return [TestOutputWriter()]
 
     # ----- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -254,13 +239,3 @@ class ShowTellModule(L.LightningModule):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters()) - trainable
 
-
-def write_test_outputs(out_dir: Path, records: list[dict], metrics: dict[str, float | None],
-                       split: str = "test") -> None:
-    """``<split>_captions.jsonl`` (image_id, caption, references) and ``<split>_metrics.json`` (fractions)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f"{split}_captions.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in ("image_id", "caption", "references")}) + "\n")
-    clean = {k: (None if v is None or math.isnan(v) else float(v)) for k, v in metrics.items()}
-    (out_dir / f"{split}_metrics.json").write_text(json.dumps(clean, indent=2) + "\n")

@@ -17,7 +17,8 @@ from showtell.features import save_features
 
 DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+# experiments/ holds train.py overlays and ablation specs (showtell.ablate; loaded by tests/test_ablate.py)
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if "grid" not in yaml.safe_load(p.read_text()))
 TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_size", "16",
         "--data.num_workers", "0", "--data.progress", "false", "--trainer.enable_progress_bar", "false"]
 
@@ -92,3 +93,13 @@ def test_every_config_loads_and_instantiates(config, demo_root, tmp_path):
     assert cli.trainer.max_epochs >= 1
     if _set_in_yaml(config, "data", "features"):
         assert cli.model.encoder.backbone is None and cli.model.hparams.feature_dim == 8
+    # every value the overlay sets reaches the object it configures (unless this test overrides it)
+    overridden = {a.removeprefix("--") for a in args if a.startswith(("--model.", "--data."))}
+    written = yaml.safe_load(config.read_text()) or {}
+    for section, target in (("model", cli.model.hparams), ("data", cli.datamodule.hparams)):
+        for key, value in (written.get(section) or {}).items():
+            if f"{section}.{key}" not in overridden:
+                assert target[key] == value, f"{section}.{key}"
+    for key, value in (written.get("trainer") or {}).items():
+        if key in ("max_epochs", "gradient_clip_val", "check_val_every_n_epoch"):
+            assert getattr(cli.trainer, key) == value, f"trainer.{key}"

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from showtell.data import Flickr8kDataModule
-from showtell.evaluate import METRIC_KEYS, main
+from showtell.evaluate import main
 from showtell.metrics import caption_metrics, format_metrics_table
 from showtell.module import ShowTellModule
+from showtell.outputs import METRIC_KEYS
 
 RECORDS = [
     {"image_id": "a.jpg", "caption": "a dog runs on the grass",
@@ -35,7 +36,7 @@ FAKE_METEOR = 0.123
 def _fast_meteor(monkeypatch):
     """METEOR starts a JVM (~10 s a call on 2 busy cores) and tests/test_metrics.py covers it; here a stub
     value only has to travel through to the outputs."""
-    monkeypatch.setattr("showtell.metrics._meteor", lambda meteor_class, gts, res: FAKE_METEOR)
+    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: FAKE_METEOR)
 
 
 @pytest.fixture(scope="module")

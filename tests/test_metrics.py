@@ -265,6 +265,13 @@ def test_caption_metrics_with_meteor_and_no_leaked_java_process():
     assert all(0.0 <= result[k] <= 1.0 for k in [*BLEU_KEYS, "meteor", "rougeL"]), result
     assert result["cider"] > 0.0 and result["meteor"] > 0.1
     assert java_children() == [], "the METEOR java process must be closed"
+    # the same value as pycocoevalcap's own (interactive) wrapper on the same tokens
+    from pycocoevalcap.meteor.meteor import Meteor
+    scorer = Meteor()
+    gts = {i: [" ".join(metrics.tokenize(r)) for r in refs] for i, refs in enumerate(REFERENCES)}
+    res = {i: [" ".join(metrics.tokenize(h))] for i, h in enumerate(HYPOTHESES)}
+    assert result["meteor"] == pytest.approx(scorer.compute_score(gts, res)[0], abs=1e-12)
+    del scorer
 
 
 def test_caption_metrics_without_java_gives_meteor_none_and_one_warning(monkeypatch):
@@ -298,9 +305,10 @@ def test_caption_metrics_without_pycocoevalcap(monkeypatch):
     with pytest.warns(UserWarning) as record:
         result = caption_metrics(HYPOTHESES, REFERENCES)
     messages = [str(w.message) for w in record]
-    assert len(messages) == 1 and "pip install showtell[eval]" in messages[0]
+    assert len(messages) == 1 and "METEOR needs pycocoevalcap" in messages[0] and "showtell[eval]" in messages[0]
     assert list(result) == ALL_KEYS
-    assert result["meteor"] is None and result["rougeL"] is None and result["cider"] is None
+    # only METEOR needs the optional extra: ROUGE-L and CIDEr-D are our own
+    assert result["meteor"] is None and result["rougeL"] > 0 and result["cider"] > 0
     tokens = [metrics.tokenize(h) for h in HYPOTHESES]
     reference_tokens = [[metrics.tokenize(r) for r in refs] for refs in REFERENCES]
     assert [result[k] for k in BLEU_KEYS] == list(corpus_bleu(tokens, reference_tokens).values())
