@@ -1,19 +1,24 @@
 """Throughput benchmark on a Flickr8k-shaped synthetic dataset: ``python -m showtell.bench``.
 
-Builds (once, reused from ``--workdir``) 8,091 synthetic JPEGs at 500x375 with 5 captions each, shaped like
-Flickr8k: caption lengths with mean ~11.8 words, max 38 and some one-word captions, words drawn from a Zipf
-distribution over 3,500 synthetic words (about 3,000 of them occur >= 5 times in train), the Kaggle layout
-(``Images/``, ``captions.txt``) plus official split files (6000/1000/1000 and 91 images in no split, scaled
-down with ``--images``). Then it measures, in one process, and prints a table and writes JSON:
+The dataset (``showtell.demo.generate_flickr8k_like``, built once and reused from ``--workdir``): 8,091
+photo-like JPEGs at 500x375 (``--images`` for fewer), 5 captions each whose lengths follow the real Flickr8k
+captions (``../shared/flickr8k/Flickr8k.token.txt`` when present, or ``--lengths_from``; else a synthetic
+Flickr8k-like distribution; the JSON's ``caption_lengths`` says which), Zipf-distributed words with a ~3,000
+word vocabulary, Kaggle layout with the official split sizes. Then it measures, in one process, and prints a
+table and writes JSON:
 
 - feature extraction: the data module's cache fill (``prepare_data`` on a fresh, empty cache folder): CNN
   build, JPEG decode + resize in ``--num_workers`` loader workers, the CNN (bf16 + channels_last on CUDA),
   writing the ``.npz``. CUDA is initialised and the CNN's kernels loaded before the clock starts;
 - training on cached features: a Lightning ``fit`` (no validation, checkpointing, logger or progress bar) of
   ``ShowTellModule`` with the paper config's model section (``configs/flickr8k.yaml``); the second epoch of
-  each fit is timed (end of epoch 1 to end of epoch 2). The same epoch is run by a plain PyTorch loop over
-  the same modules, loader, precision, optimizer and gradient clipping; Lightning and plain alternate
-  ``--repeats`` times and the fastest of each is reported (``lightning_overhead`` = their ratio);
+  each fit is timed (end of epoch 1 to end of epoch 2). Three variants of that epoch: length-bucketed batches
+  (the data module's default, ``epoch_s``), plain shuffled batches (``bucket_by_length=False``,
+  ``unbucketed_epoch_s``), and a plain PyTorch loop over the same bucketed batches, modules, precision,
+  optimizer and gradient clipping (``plain_epoch_s``). They alternate, in a rotating order, ``--repeats``
+  times so that machine load affects them alike; the fastest of each is reported, with ``bucketed_ratio``
+  and ``lightning_overhead`` (their time ratios) and the padding of each batch order (``padding_ratio``:
+  positions computed per real token over the timed epoch's batches);
 - training on images with the same frozen CNN (no cache): ``--image_batches`` batches of the plain loop
   (after the batches decoded while the loader workers started), extrapolated to a whole epoch (an
   estimate, labelled as such; the plain loop, not Lightning, makes ``cached_speedup`` conservative);
@@ -26,7 +31,8 @@ down with ``--images``). Then it measures, in one process, and prints a table an
   checkpoint with beam 3 and the test metrics (METEOR/ROUGE-L/CIDEr only where pycocoevalcap is installed;
   METEOR also starts Java). Not included: Python imports, generating the dataset. It runs last, in the
   same process (CUDA already initialised), with the YAML's batch size (128) and no progress bar. Early
-  stopping keeps its monitor but gets ``patience >= epochs`` so the run always lasts ``--epochs``;
+  stopping keeps its monitor but gets ``patience >= epochs`` so the run always lasts ``--epochs``
+  (``--skip_paper_run`` leaves it out);
 - peak GPU memory (``torch.cuda.max_memory_allocated``) and peak host memory (``ru_maxrss`` of this
   process; of finished child processes separately, where a forked child also counts the pages it shares).
 
@@ -39,12 +45,10 @@ Speed, not quality, is measured: the CNN is randomly initialised unless ``--weig
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -66,143 +70,41 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from showtell.batching import padding_ratio
 from showtell.data import Batch, Flickr8kDataModule
+from showtell.demo import FLICKR8K_IMAGES, generate_flickr8k_like
 from showtell.encoder import build_backbone, preprocess_for
 from showtell.module import ShowTellModule
+from showtell.outputs import TestOutputWriter
 
 PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
 PAPER_EPOCHS = 30
-REQUIRED_KEYS = ("extract_images_per_s", "train_captions_per_s", "epoch_s", "plain_epoch_s",
+REAL_CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "flickr8k" / "Flickr8k.token.txt"
+REQUIRED_KEYS = ("extract_images_per_s", "train_captions_per_s", "epoch_s", "unbucketed_epoch_s", "plain_epoch_s",
+                 "bucketed_ratio", "lightning_overhead", "padding_ratio", "unbucketed_padding_ratio",
                  "greedy_captions_per_s", "beam3_captions_per_s", "paper_run_s", "peak_gpu_mem_mb",
-                 "peak_host_mem_mb", "device")
+                 "peak_host_mem_mb", "caption_lengths", "device")
 # (key, comparison, threshold) per device type.
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "cuda": [("extract_images_per_s", ">=", 5000), ("train_captions_per_s", ">=", 50000),
              ("paper_run_s", "<=", 60)],
-    "cpu": [("lightning_overhead", "<=", 1.2), ("cached_speedup", ">=", 10)],
+    "cpu": [("bucketed_ratio", "<=", 0.65), ("lightning_overhead", "<=", 1.2), ("cached_speedup", ">=", 10)],
 }
 
-# ------------------------------------------------------------------------------------- synthetic dataset
-DATASET_VERSION = 1
-FLICKR8K_IMAGES, FLICKR8K_TRAIN, FLICKR8K_EVAL = 8091, 6000, 1000  # + 91 images in no split
-CAPTIONS_PER_IMAGE = 5
-NUM_WORDS, ZIPF_EXPONENT = 3500, 1.2  # -> ~3,000 words with count >= 5 in 6,000 x 5 train captions
-MEAN_WORDS, MAX_WORDS, LENGTH_SHAPE = 11.8, 38, 8.0  # gamma lengths: mean 11.8, sd ~4.2 (Flickr8k: ~3.8)
-ONE_WORD_RATE = 1 / 2000
-COMMA_RATE = 0.06  # Kaggle's captions.txt quotes captions with commas (~6% of them)
-JPEG_QUALITY = 90
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
-               "test": "Flickr_8k.testImages.txt"}
-MARKER = ".bench_dataset.json"
 
-
-def synthetic_words(n: int) -> list[str]:
-    """n distinct lowercase words, shortest first (frequent words are short, as in English)."""
-    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70
-    words = syllables + [a + b for a in syllables for b in syllables]  # 70 + 4,900
-    if n > len(words):
-        raise ValueError(f"at most {len(words)} synthetic words, asked for {n}")
-    return words[:n]
-
-
-def synthetic_captions(num_images: int, seed: int) -> list[list[str]]:
-    """5 captions per image: Flickr8k-like lengths, Zipf-distributed words, ``A word word , word .``."""
-    rng = np.random.default_rng(seed)
-    n = num_images * CAPTIONS_PER_IMAGE
-    lengths = np.clip(np.rint(rng.gamma(LENGTH_SHAPE, MEAN_WORDS / LENGTH_SHAPE, n)), 1, MAX_WORDS).astype(int)
-    lengths[rng.random(n) < ONE_WORD_RATE] = 1
-    lengths[n // 2] = MAX_WORDS  # Flickr8k's longest caption has 38 words
-    p = np.arange(1, NUM_WORDS + 1, dtype=np.float64) ** -ZIPF_EXPONENT
-    ids = rng.choice(NUM_WORDS, size=int(lengths.sum()), p=p / p.sum())
-    vocab = synthetic_words(NUM_WORDS)
-    commas = rng.random(n) < COMMA_RATE
-    captions, start = [], 0
-    for i, length in enumerate(lengths):
-        words = [vocab[k] for k in ids[start:start + length]]
-        start += length
-        words[0] = words[0].capitalize()
-        if commas[i] and length > 3:
-            words.insert(length // 2, ",")
-        captions.append(" ".join(words) + " .")
-    return [captions[i * CAPTIONS_PER_IMAGE:(i + 1) * CAPTIONS_PER_IMAGE] for i in range(num_images)]
-
-
-def render_image(job: tuple[str, int, int, int, int]) -> None:
-    """A photo-sized JPEG: smooth colour field, mid-frequency texture, a few shapes, sensor-like noise
-    (~90 KB at 500x375, decoding about as costly as a Flickr8k photo)."""
-    path, index, seed, width, height = job
-    rng = np.random.default_rng([seed, index])
-    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
-    mid = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
-    image = Image.blend(low, Image.fromarray(mid).resize((width, height), Image.BILINEAR), 0.35)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 7))):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        x1, y1 = x0 + int(rng.integers(4, width // 2 + 5)), y0 + int(rng.integers(4, height // 2 + 5))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
-    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 14, (height, width, 1)).astype(np.int16)
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=JPEG_QUALITY)
-
-
-def split_sizes(num_images: int) -> dict[str, int]:
-    """Flickr8k's 6000/1000/1000 (+91 in no split) scaled to ``num_images``; every split non-empty."""
-    n_eval = max(1, round(num_images * FLICKR8K_EVAL / FLICKR8K_IMAGES))
-    n_train = min(num_images - 2 * n_eval, round(num_images * FLICKR8K_TRAIN / FLICKR8K_IMAGES))
-    return {"train": n_train, "val": n_eval, "test": n_eval}
-
-
-def _write_dataset(folder: Path, num_images: int, width: int, height: int, seed: int, workers: int,
-                   progress: bool) -> None:
-    (folder / "Images").mkdir(parents=True)
-    names = [f"synth_{i:05d}.jpg" for i in range(num_images)]
-    with open(folder / "captions.txt", "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")  # quotes captions with commas, like Kaggle's file
-        writer.writerow(["image", "caption"])
-        for name, captions in zip(names, synthetic_captions(num_images, seed)):
-            writer.writerows([name, c] for c in captions)
-    order = np.random.default_rng([seed, 1]).permutation(num_images)
-    start = 0
-    for split, size in split_sizes(num_images).items():
-        chosen = sorted(names[i] for i in order[start:start + size])
-        (folder / SPLIT_FILES[split]).write_text("".join(f"{n}\n" for n in chosen))
-        start += size
-    jobs = [(str(folder / "Images" / name), i, seed, width, height) for i, name in enumerate(names)]
-    bar = tqdm(total=num_images, desc="generating JPEGs", unit="img", disable=not progress, leave=False)
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(render_image, jobs, chunksize=32):
-                bar.update()
-    else:
-        for job in jobs:
-            render_image(job)
-            bar.update()
-    bar.close()
-
-
-def ensure_dataset(workdir: Path, num_images: int, width: int, height: int, seed: int = 0, workers: int = 1,
+# ------------------------------------------------------------------------------------------------ dataset
+def ensure_dataset(workdir: Path, num_images: int, width: int, height: int, seed: int = 0,
+                   lengths_from: Path | None = None, workers: int = 1,
                    progress: bool = False) -> tuple[Path, float | None]:
-    """The synthetic dataset folder under ``workdir`` (generated unless already complete with the same
-    parameters) and the seconds spent generating it (None when reused)."""
-    if num_images < 8:
-        raise ValueError(f"--images must be at least 8 (every split needs an image), got {num_images}")
-    params = {"version": DATASET_VERSION, "images": num_images, "width": width, "height": height, "seed": seed}
-    folder = workdir / f"flickr8k_synth_{num_images}_{width}x{height}_seed{seed}_v{DATASET_VERSION}"
-    marker = folder / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return folder, None
+    """The Flickr8k-shaped dataset (``showtell.demo.generate_flickr8k_like``) under ``workdir``, and the seconds
+    spent generating it (None when a complete one with the same parameters was reused)."""
+    lengths = "synthetic" if lengths_from is None else "real"
+    folder = workdir / f"flickr8k_like_{num_images}_{width}x{height}_seed{seed}_{lengths}_lengths"
     start = time.perf_counter()
-    shutil.rmtree(folder, ignore_errors=True)  # an interrupted earlier attempt (the marker is written last)
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _write_dataset(tmp, num_images, width, height, seed, workers, progress)
-    (tmp / MARKER).write_text(json.dumps(params))
-    tmp.rename(folder)
-    return folder, time.perf_counter() - start
+    written = generate_flickr8k_like(folder, num_images, width, height, seed, lengths_from, workers, progress)
+    return folder, time.perf_counter() - start if written else None
 
 
 # ------------------------------------------------------------------------------------------- measurement
@@ -329,12 +231,21 @@ def plain_epoch_s(model: ShowTellModule, loader: DataLoader, setup: Setup, clip:
     model.to(setup.device).train()
     optimizer = model.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    loader.sampler.set_epoch(0)  # as Lightning does: each epoch's batches are those of Lightning's epoch
     plain_steps(model, iter(loader), setup, optimizer, clip)
+    loader.sampler.set_epoch(1)
     setup.sync()
     start = time.perf_counter()
     plain_steps(model, iter(loader), setup, optimizer, clip)
     setup.sync()
     return time.perf_counter() - start
+
+
+def epoch_padding_ratio(data: Flickr8kDataModule, epoch: int = 1) -> float:
+    """Positions computed per real token over the training batches of ``epoch`` (the timed one)."""
+    sampler = data.train_sampler()
+    sampler.set_epoch(epoch)
+    return padding_ratio(data.datasets["train"].lengths, sampler.epoch_batches())
 
 
 def image_epoch_estimate(model: ShowTellModule, loader: DataLoader, setup: Setup, clip: float | None,
@@ -423,7 +334,8 @@ def paper_run(root: Path, setup: Setup, config: dict[str, Any], epochs: int) -> 
     return {"paper_run_s": seconds, "paper_run_epochs": trainer.current_epoch,
             "paper_run_batch_size": data.hparams.batch_size,
             "paper_run_best_val_bleu4": None if score is None else float(score),
-            "paper_run_test_metrics": model.test_metrics}
+            "paper_run_test_metrics": next((c.metrics for c in trainer.callbacks if isinstance(c, TestOutputWriter)),
+                                           None)}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -463,8 +375,12 @@ def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 ROWS = (  # (key, label, number format)
     ("extract_images_per_s", "feature extraction, cold cache (img/s)", ",.0f"),
     ("train_captions_per_s", "training on cached features, Lightning (captions/s)", ",.0f"),
-    ("epoch_s", "epoch on cached features, Lightning (s)", ".3f"),
-    ("plain_epoch_s", "same epoch, plain PyTorch loop (s)", ".3f"),
+    ("epoch_s", "epoch on cached features, Lightning, bucketed (s)", ".3f"),
+    ("unbucketed_epoch_s", "same epoch, Lightning, not bucketed (s)", ".3f"),
+    ("bucketed_ratio", "bucketed / unbucketed epoch time (x)", ".3f"),
+    ("padding_ratio", "positions per real token, bucketed (x)", ".3f"),
+    ("unbucketed_padding_ratio", "positions per real token, not bucketed (x)", ".3f"),
+    ("plain_epoch_s", "bucketed epoch, plain PyTorch loop (s)", ".3f"),
     ("lightning_overhead", "Lightning / plain epoch time (x)", ".3f"),
     ("image_epoch_s", "epoch on images, frozen CNN (s, estimated)", ",.1f"),
     ("cached_speedup", "image epoch / cached epoch (x)", ",.1f"),
@@ -479,8 +395,9 @@ ROWS = (  # (key, label, number format)
 def format_table(results: dict[str, Any]) -> str:
     p = results["params"]
     lines = [f"showtell benchmark on {results['device']} ({results['device_name']}): {p['images']} images "
-             f"{p['image_width']}x{p['image_height']}, {p['encoder']} weights={p['weights']}, batch "
-             f"{p['batch_size']}, {p['precision']}, {p['num_workers']} workers"]
+             f"{p['image_width']}x{p['image_height']}, {results['caption_lengths']} caption lengths, "
+             f"{p['encoder']} weights={p['weights']}, batch {p['batch_size']}, {p['precision']}, "
+             f"{p['num_workers']} workers, {results.get('torch_threads')} torch threads"]
     header = f"{'metric':<54} {'value':>12}  {'target':<10} pass"
     lines += [header, "-" * len(header)]
     for key, label, fmt in ROWS:
@@ -503,6 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=FLICKR8K_IMAGES, help="synthetic images (Flickr8k: 8091)")
     parser.add_argument("--image_width", type=int, default=500)
     parser.add_argument("--image_height", type=int, default=375)
+    parser.add_argument("--lengths_from", default=None,
+                        help="real caption file whose caption lengths to copy (default: ../shared/flickr8k/"
+                             "Flickr8k.token.txt when present); 'synthetic': Flickr8k-like synthetic lengths")
     parser.add_argument("--encoder", default="resnet50", help="torchvision backbone (showtell.encoder.BACKBONES)")
     parser.add_argument("--weights", default=None, type=lambda s: None if s.lower() in ("none", "null") else s,
                         help="CNN weights (default: random init; speed does not depend on them)")
@@ -517,7 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="default bf16-mixed on CUDA, 32-true on CPU")
     parser.add_argument("--image_batches", type=int, default=None,
                         help="timed batches of the image-based epoch (default: 2 per worker on CUDA, min 5; 3 on CPU)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating Lightning / plain epoch pairs")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of the alternating epochs (bucketed, unbucketed, plain loop)")
     parser.add_argument("--decode_min_s", type=float, default=1.0, help="repeat decoding for at least this long")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op CPU threads (default: torch's; 1 helps on a CPU shared with others)")
@@ -530,6 +451,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("images", "epochs", "image_batches", "repeats", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.images < 8:
+        parser.error(f"--images must be at least 8 (every split needs an image), got {args.images}")
+    if args.lengths_from is None:
+        args.lengths_from = REAL_CAPTIONS if REAL_CAPTIONS.is_file() else None
+    elif args.lengths_from == "synthetic":
+        args.lengths_from = None
+    elif not Path(args.lengths_from).expanduser().is_file():
+        parser.error(f"--lengths_from {args.lengths_from}: no such file")
+    else:
+        args.lengths_from = Path(args.lengths_from).expanduser().resolve()
     return args
 
 
@@ -567,13 +498,22 @@ def measure(root: Path, setup: Setup, args: argparse.Namespace) -> dict[str, Any
     print("feature extraction (cold cache) ...", flush=True)
     extract_s = measure_extraction(data, setup)
     data.setup("fit")
+    unbucketed = make_datamodule(root, setup, setup.scratch / "cache", bucket_by_length=False)  # cache: filled
+    unbucketed.setup("fit")
     model = make_model(data, setup, config["model"])
     train = data.datasets["train"]
-    print(f"training epochs: Lightning vs plain loop, {args.repeats} x ...", flush=True)
-    lightning_s, plain_s = [], []
-    for _ in range(args.repeats):
-        lightning_s.append(lightning_epoch_s(model, data, setup, clip))
-        plain_s.append(plain_epoch_s(model, data.train_dataloader(), setup, clip))
+    variants: dict[str, Callable[[], float]] = {
+        "epoch_s": lambda: lightning_epoch_s(model, data, setup, clip),
+        "unbucketed_epoch_s": lambda: lightning_epoch_s(model, unbucketed, setup, clip),
+        "plain_epoch_s": lambda: plain_epoch_s(model, data.train_dataloader(), setup, clip),
+    }
+    print(f"training epochs: Lightning bucketed / not bucketed / plain loop, {args.repeats} x ...", flush=True)
+    epochs: dict[str, list[float]] = {key: [] for key in variants}
+    for repeat in range(args.repeats):
+        shift = repeat % len(variants)
+        order = list(variants)[shift:] + list(variants)[:shift]  # rotated: no variant always runs first
+        for key in order:
+            epochs[key].append(variants[key]())
     print("decoding ...", flush=True)
     greedy = decode_captions_per_s(model, data.val_dataloader(), setup, 1, args.decode_min_s)
     beam3 = decode_captions_per_s(model, data.val_dataloader(), setup, 3, args.decode_min_s)
@@ -585,14 +525,18 @@ def measure(root: Path, setup: Setup, args: argparse.Namespace) -> dict[str, Any
     images.setup("fit")
     image_loader = images.train_dataloader()
     image_s, image_untimed, image_timed = image_epoch_estimate(model, image_loader, setup, clip, skip, timed)
-    epoch_s, plain = min(lightning_s), min(plain_s)
+    epoch_s, unbucketed_s, plain = (min(epochs[key]) for key in variants)
     results = {
         "extract_images_per_s": len(data.corpus.captions) / extract_s, "extract_s": extract_s,
         "extract_images": len(data.corpus.captions),
         "train_captions_per_s": len(train) / epoch_s, "plain_train_captions_per_s": len(train) / plain,
-        "epoch_s": epoch_s, "plain_epoch_s": plain, "lightning_overhead": epoch_s / plain,
-        "epoch_s_all": lightning_s, "plain_epoch_s_all": plain_s,
-        "train_captions": len(train), "train_batches": len(data.train_dataloader()),
+        "unbucketed_train_captions_per_s": len(train) / unbucketed_s,
+        "epoch_s": epoch_s, "unbucketed_epoch_s": unbucketed_s, "plain_epoch_s": plain,
+        "bucketed_ratio": epoch_s / unbucketed_s, "lightning_overhead": epoch_s / plain,
+        "padding_ratio": epoch_padding_ratio(data), "unbucketed_padding_ratio": epoch_padding_ratio(unbucketed),
+        **{f"{key}_all": times for key, times in epochs.items()},
+        "train_captions": len(train), "train_tokens": int(train.lengths.sum()),
+        "train_batches": len(data.train_dataloader()),
         "image_epoch_s": image_s, "image_epoch_batches": len(image_loader),
         "image_epoch_batches_timed": image_timed, "image_epoch_batches_untimed": image_untimed,
         "cached_speedup": image_s / epoch_s,
@@ -617,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     workers = (os.cpu_count() or 1) if args.num_workers is None else args.num_workers
     root, generate_s = ensure_dataset(workdir, args.images, args.image_width, args.image_height, args.seed,
-                                      workers, progress)
+                                      args.lengths_from, workers, progress)
     if cuda:  # after the generator's worker processes were forked: they must not inherit a CUDA context
         torch.cuda.reset_peak_memory_stats(device)
     how = "reused" if generate_s is None else f"generated in {generate_s:.1f} s"
@@ -639,11 +583,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.update(peak_memory(setup))
     results.update(device=device.type, device_name=environment(setup)["gpu_name" if cuda else "cpu_model"],
                    dataset=str(root), dataset_generate_s=generate_s, environment=environment(setup),
+                   caption_lengths="synthetic" if args.lengths_from is None else "real",
+                   caption_lengths_from=args.lengths_from,
                    params={"images": args.images, "image_width": args.image_width,
                            "image_height": args.image_height, "encoder": args.encoder, "weights": args.weights,
                            "image_size": args.image_size, "batch_size": setup.batch_size,
                            "precision": setup.precision, "num_workers": workers, "epochs": args.epochs,
-                           "repeats": args.repeats, "image_batches": args.image_batches, "seed": args.seed})
+                           "repeats": args.repeats, "image_batches": args.image_batches, "seed": args.seed,
+                           "lengths_from": args.lengths_from})
     results["targets"] = check_targets(results)
     out = Path(args.out).expanduser() if args.out else workdir / f"bench_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Offline demo dataset: synthetic "shapes" images with 5 captions each, in the Kaggle Flickr8k layout.
+"""Offline synthetic datasets in the Kaggle Flickr8k layout: the learnable shapes demo and a Flickr8k-shaped set.
 
 No machine of this project can download Flickr8k, so ``generate_demo`` writes a small stand-in that every
 part of showtell reads exactly like the real thing::
@@ -24,37 +24,52 @@ see them standardised per dimension (or through a BatchNorm); without that an LS
 Everything is seeded (one numpy Generator per image, derived from the seed and the image index), so the same
 seed gives byte-identical files.
 
-Generation writes into a temporary sibling folder and renames it into place at the end, so an interrupted
-run never leaves a folder that looks complete. Run ``python -m showtell.demo --root data/demo``.
+``generate_flickr8k_like`` writes the benchmark's data (``showtell.bench``): what matters there is the shape
+of Flickr8k, not learnability: 500x375 photo-like JPEGs (~90 KB, decoding as costly as a Flickr8k photo), 5
+captions each whose lengths are drawn from the real captions' word counts when a real caption file is given
+(else a gamma distribution: mean ~11.8 words, max 38, some one-word captions), words drawn from a Zipf
+distribution over 3,500 synthetic words (about 3,000 of them occur >= 5 times in 6,000 x 5 train captions),
+~6% of captions with a comma, and the official split sizes (6000/1000/1000, 91 images in no split) scaled to
+the number of images.
+
+Both generators write into a temporary sibling folder and rename it into place at the end
+(``showtell.layouts.write_dataset_folder``), so an interrupted run never leaves a folder that looks complete.
+Run ``python -m showtell.demo --root data/demo``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import hashlib
 import json
+import multiprocessing as mp
 import os
 import re
-import shutil
 import time
-import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from showtell.layouts import (
+    CAPTIONS_FILE,
+    IMAGE_DIR,
+    SPLIT_FILES,
+    has_marker,
+    seeded_split,
+    write_dataset_folder,
+    write_kaggle,
+)
+from showtell.sources import CAPTIONS_PER_IMAGE, read_caption_file
+from showtell.vocab import tokenize
+
 MARKER = ".showtell_demo.json"
 VERSION = 2  # bump when the images or captions change, so old demo folders are regenerated
-CAPTIONS_FILE = "captions.txt"
-IMAGE_DIR = "Images"
-SPLIT_FILES = {
-    "train": "Flickr_8k.trainImages.txt",
-    "val": "Flickr_8k.devImages.txt",
-    "test": "Flickr_8k.testImages.txt",
-}
 _IMAGE_NAME = re.compile(r"shapes_\d{5,}\.jpg")
 _DEMO_ENTRIES = {MARKER, CAPTIONS_FILE, IMAGE_DIR, ".showtell_cache", *SPLIT_FILES.values()}  # + feature cache
 JPEG_QUALITY = 95
@@ -186,16 +201,6 @@ def captions_for(scene: Sequence[Shape]) -> list[str]:
     return [caption[0].upper() + caption[1:] + "." for caption in captions]
 
 
-def split_names(names: Sequence[str], seed: int) -> dict[str, list[str]]:
-    """Seeded random 75% / 12.5% / 12.5% split by image; each list sorted."""
-    order = np.random.default_rng([seed, 1]).permutation(len(names))
-    num_val = num_test = len(names) // 8
-    num_train = len(names) - num_val - num_test
-    parts = {"train": order[:num_train], "val": order[num_train:num_train + num_val],
-             "test": order[num_train + num_val:]}
-    return {split: sorted(names[i] for i in idx) for split, idx in parts.items()}
-
-
 def _params(num_images: int, seed: int, image_size: int) -> dict:
     return {"generator": "showtell.demo", "version": VERSION, "num_images": num_images, "seed": seed,
             "image_size": image_size}
@@ -204,12 +209,8 @@ def _params(num_images: int, seed: int, image_size: int) -> dict:
 def is_complete(root: str | Path, num_images: int = 3000, seed: int = 0, image_size: int = 128) -> bool:
     """True when root holds a finished demo generated with exactly these parameters."""
     root = Path(root)
-    try:
-        params = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
     files_there = all((root / name).is_file() for name in [CAPTIONS_FILE, *SPLIT_FILES.values()])
-    return (params == _params(num_images, seed, image_size) and files_there
+    return (has_marker(root, MARKER, _params(num_images, seed, image_size)) and files_there
             and (root / IMAGE_DIR).is_dir() and len(os.listdir(root / IMAGE_DIR)) == num_images)
 
 
@@ -223,22 +224,18 @@ def _is_demo_folder(root: Path) -> bool:
 
 
 def _write(folder: Path, num_images: int, seed: int, image_size: int, progress: bool) -> None:
-    """Write images, captions.txt, the split files and, last, the marker into folder."""
+    """Write the images, captions.txt and the split files (75% / 12.5% / 12.5%) into folder."""
     (folder / IMAGE_DIR).mkdir()
     width = max(5, len(str(num_images - 1)))
     names = [f"shapes_{i:0{width}d}.jpg" for i in range(num_images)]
-    with open(folder / CAPTIONS_FILE, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")  # quotes captions with commas, like the Kaggle file
-        writer.writerow(["image", "caption"])
-        for i, name in enumerate(tqdm(names, desc="demo images", disable=not progress)):
-            rng = np.random.default_rng([seed, 0, i])  # one stream per image: order-independent
-            scene = random_scene(rng)
-            # Fixed quality and no chroma subsampling: crisp colours, the same bytes on every run.
-            draw_scene(scene, image_size).save(folder / IMAGE_DIR / name, quality=JPEG_QUALITY, subsampling=0)
-            writer.writerows([name, caption] for caption in captions_for(scene))
-    for split, split_list in split_names(names, seed).items():
-        (folder / SPLIT_FILES[split]).write_text("".join(f"{n}\n" for n in split_list))
-    (folder / MARKER).write_text(json.dumps(_params(num_images, seed, image_size), indent=2) + "\n")
+    captions = {}
+    for i, name in enumerate(tqdm(names, desc="demo images", disable=not progress)):
+        rng = np.random.default_rng([seed, 0, i])  # one stream per image: order-independent
+        scene = random_scene(rng)
+        # Fixed quality and no chroma subsampling: crisp colours, the same bytes on every run.
+        draw_scene(scene, image_size).save(folder / IMAGE_DIR / name, quality=JPEG_QUALITY, subsampling=0)
+        captions[name] = captions_for(scene)
+    write_kaggle(folder, captions, seeded_split(names, seed))
 
 
 def generate_demo(root: str | Path, num_images: int = 3000, seed: int = 0, image_size: int = 128,
@@ -261,19 +258,132 @@ def generate_demo(root: str | Path, num_images: int = 3000, seed: int = 0, image
     if root.exists() and not (root.is_dir() and _is_demo_folder(root)):
         raise FileExistsError(f"{root} exists and is not a showtell demo folder; refusing to overwrite it: "
                               f"pass an empty or new folder as root")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()  # unlike tempfile.mkdtemp, honours the umask (the renamed folder is not private)
-    try:
-        _write(partial, num_images, seed, image_size, progress)
-        if not overwrite and is_complete(root, num_images, seed, image_size):
-            return root  # someone else (another process) finished the same demo meanwhile
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(partial, root)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # only left when interrupted or beaten to it
+    # Another process may finish the same demo meanwhile: keep theirs (unless overwrite).
+    keep = None if overwrite else partial(is_complete, num_images=num_images, seed=seed, image_size=image_size)
+    # _write is looked up when called, so tests can stand in for it.
+    write_dataset_folder(root, lambda folder: _write(folder, num_images, seed, image_size, progress), MARKER,
+                         _params(num_images, seed, image_size), keep_if=keep)
     return root
+
+
+# ------------------------------------------------------------------------------------ Flickr8k-shaped data
+FLICKR8K_LIKE_MARKER = ".showtell_flickr8k_like.json"
+FLICKR8K_LIKE_VERSION = 2  # 2: caption lengths may be copied from the real captions
+FLICKR8K_IMAGES, FLICKR8K_TRAIN, FLICKR8K_EVAL = 8091, 6000, 1000  # + 91 images in no split
+NUM_WORDS, ZIPF_EXPONENT = 3500, 1.2  # -> ~3,000 words with count >= 5 in 6,000 x 5 train captions
+# Gamma lengths: mean 11.8, sd ~4.2. The real captions have 11.8 words when split on spaces (sd 3.9), but
+# only 10.8 by showtell's tokenizer, which drops the final "."; real lengths (``real_lengths``) are exact.
+MEAN_WORDS, MAX_WORDS, LENGTH_SHAPE = 11.8, 38, 8.0
+ONE_WORD_RATE = 1 / 2000
+COMMA_RATE = 0.06  # Kaggle's captions.txt quotes captions with commas (~6% of them)
+PHOTO_QUALITY = 90
+
+
+def synthetic_words(n: int) -> list[str]:
+    """n distinct lowercase words, shortest first (frequent words are short, as in English)."""
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70
+    words = syllables + [a + b for a in syllables for b in syllables]  # 70 + 4,900
+    if n > len(words):
+        raise ValueError(f"at most {len(words)} synthetic words, asked for {n}")
+    return words[:n]
+
+
+def caption_lengths(caption_file: str | Path) -> list[int]:
+    """Words per caption (showtell's tokenizer) in a real caption file, e.g. ``Flickr8k.token.txt``."""
+    return [n for n in (len(tokenize(caption)) for _, caption in read_caption_file(caption_file)) if n]
+
+
+def synthetic_captions(num_images: int, seed: int, real_lengths: Sequence[int] | None = None) -> list[list[str]]:
+    """5 captions per image, ``A word word , word .``, with Zipf-distributed words. Lengths (in words) are
+    drawn from ``real_lengths`` (with replacement), else from a Flickr8k-like gamma distribution."""
+    rng = np.random.default_rng(seed)
+    n = num_images * CAPTIONS_PER_IMAGE
+    if real_lengths is None:
+        lengths = np.clip(np.rint(rng.gamma(LENGTH_SHAPE, MEAN_WORDS / LENGTH_SHAPE, n)), 1, MAX_WORDS).astype(int)
+        lengths[rng.random(n) < ONE_WORD_RATE] = 1
+        lengths[n // 2] = MAX_WORDS  # Flickr8k's longest caption has 38 words
+    else:
+        lengths = rng.choice(np.asarray(real_lengths, dtype=np.int64), size=n)
+    p = np.arange(1, NUM_WORDS + 1, dtype=np.float64) ** -ZIPF_EXPONENT
+    ids = rng.choice(NUM_WORDS, size=int(lengths.sum()), p=p / p.sum())
+    vocab = synthetic_words(NUM_WORDS)
+    commas = rng.random(n) < COMMA_RATE
+    captions, start = [], 0
+    for i, length in enumerate(lengths):
+        words = [vocab[k] for k in ids[start:start + length]]
+        start += length
+        words[0] = words[0].capitalize()
+        if commas[i] and length > 3:
+            words.insert(length // 2, ",")  # punctuation: the tokenizer drops it, the CSV must quote it
+        captions.append(" ".join(words) + " .")
+    return [captions[i * CAPTIONS_PER_IMAGE:(i + 1) * CAPTIONS_PER_IMAGE] for i in range(num_images)]
+
+
+def render_photo(job: tuple[str, int, int, int, int]) -> None:
+    """A photo-sized JPEG: smooth colour field, mid-frequency texture, a few shapes, sensor-like noise
+    (~90 KB at 500x375, decoding about as costly as a Flickr8k photo)."""
+    path, index, seed, width, height = job
+    rng = np.random.default_rng([seed, index])
+    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    mid = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    image = Image.blend(low, Image.fromarray(mid).resize((width, height), Image.BILINEAR), 0.35)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1, y1 = x0 + int(rng.integers(4, width // 2 + 5)), y0 + int(rng.integers(4, height // 2 + 5))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 14, (height, width, 1)).astype(np.int16)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=PHOTO_QUALITY)
+
+
+def flickr8k_split_sizes(num_images: int) -> dict[str, int]:
+    """Flickr8k's 6000/1000/1000 (+91 in no split) scaled to ``num_images``; every split non-empty."""
+    n_eval = max(1, round(num_images * FLICKR8K_EVAL / FLICKR8K_IMAGES))
+    n_train = min(num_images - 2 * n_eval, round(num_images * FLICKR8K_TRAIN / FLICKR8K_IMAGES))
+    return {"train": n_train, "val": n_eval, "test": n_eval}
+
+
+def _write_flickr8k_like(folder: Path, num_images: int, width: int, height: int, seed: int,
+                         real_lengths: Sequence[int] | None, workers: int, progress: bool) -> None:
+    (folder / IMAGE_DIR).mkdir()
+    names = [f"synth_{i:05d}.jpg" for i in range(num_images)]
+    write_kaggle(folder, dict(zip(names, synthetic_captions(num_images, seed, real_lengths))),
+                 seeded_split(names, seed, flickr8k_split_sizes(num_images)))
+    jobs = [(str(folder / IMAGE_DIR / name), i, seed, width, height) for i, name in enumerate(names)]
+    bar = tqdm(total=num_images, desc="generating JPEGs", unit="img", disable=not progress, leave=False)
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(render_photo, jobs, chunksize=32):
+                bar.update()
+    else:
+        for job in jobs:
+            render_photo(job)
+            bar.update()
+    bar.close()
+
+
+def generate_flickr8k_like(root: str | Path, num_images: int = FLICKR8K_IMAGES, width: int = 500, height: int = 375,
+                           seed: int = 0, lengths_from: str | Path | None = None, workers: int = 1,
+                           progress: bool = False) -> bool:
+    """Write the Flickr8k-shaped dataset into root (replacing what is there) unless root already holds it with
+    these parameters; returns whether it was written. ``lengths_from``: a real caption file whose caption
+    lengths to copy (default: the synthetic length distribution)."""
+    if num_images < 8:
+        raise ValueError(f"num_images must be at least 8 (every split needs an image), got {num_images}")
+    real = None if lengths_from is None else caption_lengths(lengths_from)
+    lengths = "synthetic"
+    if real is not None:  # the marker names the distribution itself: another caption file regenerates the data
+        histogram = json.dumps(sorted(Counter(real).items())).encode()
+        lengths = f"{Path(lengths_from).name} {hashlib.sha1(histogram).hexdigest()[:12]}"
+    params = {"generator": "showtell.demo.flickr8k_like", "version": FLICKR8K_LIKE_VERSION, "num_images": num_images,
+              "width": width, "height": height, "seed": seed, "lengths": lengths}
+    complete = partial(has_marker, marker=FLICKR8K_LIKE_MARKER, params=params)
+    if complete(root):
+        return False
+    return write_dataset_folder(
+        root, lambda folder: _write_flickr8k_like(folder, num_images, width, height, seed, real, workers, progress),
+        FLICKR8K_LIKE_MARKER, params, keep_if=complete)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

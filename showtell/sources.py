@@ -14,8 +14,8 @@ captions.txt: the order in which the files carry the most (and most standard) sp
 
 Splits: the Karpathy json split, else the official split files wherever they are present (also beside a
 Kaggle ``captions.txt``; "dev" becomes "val"), else a split *by image* seeded by ``split_seed``
-(75% / 12.5% / 12.5%). Only images that end up in a split are kept, so ``captions`` holds exactly the
-images of ``splits``.
+(75% / 12.5% / 12.5%, ``showtell.layouts.seeded_split``, the split the synthetic datasets write). Only images
+that end up in a split are kept, so ``captions`` holds exactly the images of ``splits``.
 
 Nothing is dropped silently: every quirk of the real files (caption lines naming no image, duplicate or
 empty captions, corrupt or truncated JPEGs, images in no split, malformed lines, ...) is recorded in a
@@ -27,8 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +34,14 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from showtell.layouts import CAPTIONS_FILE, SPLIT_FILES, seeded_split
 from showtell.vocab import tokenize
 
 FORMATS = ("karpathy", "original", "kaggle")  # detection priority, first wins
 CAPTION_FILES = {"karpathy": "dataset_flickr8k.json", "original": "Flickr8k.token.txt",
-                 "kaggle": "captions.txt"}
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
-               "test": "Flickr_8k.testImages.txt"}
+                 "kaggle": CAPTIONS_FILE}
 IMAGE_DIRS = ("Images", "Flickr8k_Dataset", "Flicker8k_Dataset", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-SPLIT_FRACTIONS = {"train": 0.75, "val": 0.125, "test": 0.125}
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 CAPTIONS_PER_IMAGE = 5
 
@@ -301,6 +297,19 @@ def _parse_karpathy(path: Path, report: SkipReport) -> tuple[Entries, dict[str, 
 _PARSERS = {"kaggle": _parse_kaggle, "original": _parse_token_file, "karpathy": _parse_karpathy}
 
 
+def read_caption_file(path: str | Path) -> Entries:
+    """(image name, raw caption) pairs of one caption file of any layout, known by its name (e.g. the real
+    ``Flickr8k.token.txt`` for its caption lengths); malformed lines are left out."""
+    path = Path(path)
+    formats = {name: fmt for fmt, name in CAPTION_FILES.items()}
+    if path.name not in formats:
+        raise DatasetError(f"{path} is not a Flickr8k caption file: expected one named "
+                           f"{', '.join(CAPTION_FILES.values())}")
+    if not path.is_file():
+        raise DatasetError(f"caption file {path} does not exist")
+    return _PARSERS[formats[path.name]](path, SkipReport())[0]
+
+
 def _read_split_files(root: Path, caption_dir: Path) -> dict[str, list[str]] | None:
     """The official split files beside the caption file (else anywhere findable), or None if absent."""
     found = {key: caption_dir / name if (caption_dir / name).is_file() else _find_file(root, name)
@@ -391,18 +400,6 @@ def _drop_unreadable_images(captions: dict[str, list[str]], image_dir: Path, rep
 
 
 # ------------------------------------------------------------------------------------------------- splits
-def seeded_split(names: Iterable[str], seed: int) -> dict[str, list[str]]:
-    """Split image names 75/12.5/12.5 at random but reproducibly (same names and seed, same split)."""
-    order = sorted(names)
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    n_val = max(1, int(n * SPLIT_FRACTIONS["val"] + 0.5))
-    n_test = max(1, int(n * SPLIT_FRACTIONS["test"] + 0.5))
-    n_train = max(0, n - n_val - n_test)
-    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
-            "test": sorted(order[n_train + n_val:])}
-
-
 def _apply_splits(split_names: dict[str, list[str]], captions: dict[str, list[str]],
                   named: set[str], report: SkipReport) -> dict[str, list[str]]:
     """Listed names that are usable, each in its first split; reports the rest and images in no split."""
@@ -478,5 +475,5 @@ def _one_line(report: SkipReport) -> str:
 
 __all__ = [
     "CaptionCorpus", "DatasetError", "SkipReport", "detect_format", "image_is_readable", "load_corpus",
-    "seeded_split",
+    "read_caption_file", "seeded_split",
 ]

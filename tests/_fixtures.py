@@ -7,7 +7,6 @@ default every caption name with an image extension gets a small valid RGB JPEG.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import random
@@ -16,9 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from showtell import layouts
+from showtell.layouts import write_split_files
+
 IMAGE_KINDS = ("rgb", "gray", "cmyk", "rgba_png", "corrupt", "truncated")
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
-               "test": "Flickr_8k.testImages.txt"}
 
 Captions = Mapping[str, Sequence[str]]
 Splits = Mapping[str, Sequence[str]]
@@ -88,26 +88,11 @@ def write_images(image_dir: str | Path, images: Mapping[str, str]) -> Path:
     return image_dir
 
 
-def write_split_files(folder: str | Path, splits: Splits) -> None:
-    """The official ``Flickr_8k.{train,dev,test}Images.txt`` files (one name per line)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, file_name in SPLIT_FILES.items():
-        (folder / file_name).write_text("".join(f"{name}\n" for name in splits.get(key, [])))
-
-
 def write_kaggle(root: str | Path, captions: Captions, splits: Splits | None = None,
                  images: Mapping[str, str] | None = None, image_dir: str = "Images") -> Path:
-    """Kaggle layout: ``captions.txt`` (CSV written by the csv module, so commas and quotes are quoted),
-    ``Images/``, and the split files beside captions.txt when ``splits`` is given."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "captions.txt").open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["image", "caption"])
-        writer.writerows((name, caption) for name, caps in captions.items() for caption in caps)
-    if splits is not None:
-        write_split_files(root, splits)
+    """Kaggle layout (``showtell.layouts.write_kaggle``: ``captions.txt`` with commas and quotes quoted, and
+    the split files beside it when ``splits`` is given) plus the image files."""
+    root = layouts.write_kaggle(root, captions, splits)
     write_images(root / image_dir, default_images(captions) if images is None else images)
     return root
 

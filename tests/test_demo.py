@@ -5,14 +5,28 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _fixtures import write_original
 from PIL import Image
 
 from showtell import demo
-from showtell.demo import SPLIT_FILES, captions_for, draw_scene, generate_demo, main, random_scene
+from showtell.demo import (
+    caption_lengths,
+    captions_for,
+    draw_scene,
+    flickr8k_split_sizes,
+    generate_demo,
+    generate_flickr8k_like,
+    main,
+    random_scene,
+    synthetic_captions,
+)
+from showtell.layouts import SPLIT_FILES
+from showtell.sources import load_corpus
 from showtell.vocab import tokenize
 
 NUM_IMAGES, IMAGE_SIZE = 40, 64
@@ -193,3 +207,49 @@ def test_sources_reads_the_demo_as_kaggle_with_its_split_files(demo_root):
     rows = _rows(demo_root)
     assert sum(len(c) for c in corpus.captions.values()) == len(rows) == 5 * NUM_IMAGES
     assert corpus.captions[rows[0]["image"]][0] == rows[0]["caption"]
+
+
+# ------------------------------------------------------------------------------------ Flickr8k-shaped data
+def test_synthetic_captions_are_flickr8k_shaped():
+    captions = synthetic_captions(8091, seed=0)
+    assert len(captions) == 8091 and all(len(c) == 5 for c in captions)
+    lengths = [len(tokenize(c)) for per_image in captions for c in per_image]
+    assert abs(sum(lengths) / len(lengths) - 11.8) < 0.3
+    assert max(lengths) == 38 and 1 <= lengths.count(1) <= 100
+    counts = Counter(w for per_image in captions[:6000] for c in per_image for w in tokenize(c))
+    assert 2700 <= sum(n >= 5 for n in counts.values()) <= 3300
+    assert synthetic_captions(50, seed=0) == synthetic_captions(50, seed=0) != synthetic_captions(50, seed=1)
+
+
+def test_caption_lengths_are_copied_from_a_real_caption_file(tmp_path):
+    real = {f"{i}.jpg": ["A dog runs .", "A dog , brown and white , runs on the grass ."] for i in range(10)}
+    write_original(tmp_path, real, images={})
+    real_lengths = caption_lengths(tmp_path / "Flickr8k_text" / "Flickr8k.token.txt")
+    assert sorted(real_lengths) == [3] * 10 + [9] * 10  # tokenize: punctuation is no word
+    lengths = Counter(len(tokenize(c)) for per_image in synthetic_captions(400, 0, real_lengths) for c in per_image)
+    assert set(lengths) == {3, 9} and 0.4 < lengths[3] / 2000 < 0.6
+
+
+def test_flickr8k_split_sizes():
+    assert flickr8k_split_sizes(8091) == {"train": 6000, "val": 1000, "test": 1000}
+    for n in (8, 9, 33, 1000):
+        sizes = flickr8k_split_sizes(n)
+        assert min(sizes.values()) >= 1 and sum(sizes.values()) <= n
+
+
+def test_flickr8k_like_parses_as_kaggle_is_reused_and_follows_its_lengths(tmp_path):
+    root = tmp_path / "synth"
+    assert generate_flickr8k_like(root, 16, 40, 30, seed=0) is True
+    corpus = load_corpus(root)
+    assert corpus.format == "kaggle" and len(corpus.captions) == 16
+    assert {k: len(v) for k, v in corpus.splits.items()} == flickr8k_split_sizes(16)
+    assert all(len(c) == 5 for c in corpus.captions.values())
+    with Image.open(next((root / "Images").iterdir())) as image:
+        assert (image.format, image.size) == ("JPEG", (40, 30))
+    assert generate_flickr8k_like(root, 16, 40, 30, seed=0) is False  # same parameters: reused
+    write_original(tmp_path / "real", {"a.jpg": ["One two three four five six seven ."]}, images={})
+    token_file = tmp_path / "real" / "Flickr8k_text" / "Flickr8k.token.txt"
+    assert generate_flickr8k_like(root, 16, 40, 30, seed=0, lengths_from=token_file) is True  # other lengths
+    assert {len(tokenize(c)) for caps in load_corpus(root).captions.values() for c in caps} == {7}
+    with pytest.raises(ValueError, match="at least 8"):
+        generate_flickr8k_like(tmp_path / "small", 4, 40, 30)

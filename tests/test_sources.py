@@ -39,6 +39,7 @@ from showtell.sources import (
     detect_format,
     image_is_readable,
     load_corpus,
+    read_caption_file,
     seeded_split,
 )
 
@@ -155,6 +156,24 @@ def test_kaggle_writer_really_quotes(quirky_corpora):
     text = (quirky_corpora["kaggle"].image_dir.parent / "captions.txt").read_text()
     assert 'quoted.jpg,"A dog, brown and white, runs ."' in text
     assert 'quoted.jpg,"A sign reads ""stop"" ."' in text
+
+
+@pytest.mark.parametrize("layout, caption_file", [("kaggle", "captions.txt"),
+                                                  ("original", "Flickr8k_text/Flickr8k.token.txt"),
+                                                  ("karpathy", "dataset_flickr8k.json")])
+def test_one_caption_file_read_on_its_own(tmp_path, layout, caption_file):
+    captions = simple_captions(3)
+    writers = {"kaggle": write_kaggle, "original": write_original, "karpathy": write_karpathy}
+    writers[layout](tmp_path, captions, {"train": sorted(captions)}, images={})
+    assert read_caption_file(tmp_path / caption_file) == [(n, c) for n, caps in captions.items() for c in caps]
+
+
+def test_read_caption_file_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not a Flickr8k caption file"):
+        read_caption_file(tmp_path / "notes.txt")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_caption_file(tmp_path / "captions.txt")
 
 
 def test_nested_and_alternative_folders(tmp_path):
