@@ -148,8 +148,8 @@ def test_report_tables_and_figure(tmp_path, capsys):
 
 
 def test_unfinished_runs_are_left_out(tmp_path, capsys):
-    spec, runs = finished_study(tmp_path, skip=3)
-    (runs[2].folder / "lightning_logs/version_0/test_captions.jsonl").write_text("not json\n")
+    spec, runs = finished_study(tmp_path, skip=3)  # runs are seed-major: [pre s0, merge s0, pre s1, merge s1]
+    (runs[1].folder / "lightning_logs/version_0/test_captions.jsonl").write_text("not json\n")
     write_report(spec, runs, tmp_path / "report", resamples=50)
     printed = capsys.readouterr().out
     assert ("report toy: 2 of 4 runs not finished, left out: model.conditioning=merge seed0 (unreadable "
