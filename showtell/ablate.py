@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -188,12 +189,14 @@ def train_py_config(args: list[str]) -> dict[str, Any]:
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. Lightning's note on `args` next to sys.argv
         try:
-            from showtell.cli import ShowTellCLI
+            from showtell.cli import ShowTellCLI, parser_complaint
 
             ShowTellCLI(args=[*args, "--print_config"])
             code = 1  # --print_config always exits
         except SystemExit as exit_:
             code = exit_.code
+        except ArgumentError as error:  # the parser's complaint: unknown option, wrong type, ...
+            raise ValueError(parser_complaint(f"error: {error}")) from None
         except Exception as error:  # a class_path that fails to import, ...
             raise ValueError(" ".join(f"{type(error).__name__}: {error}".split())) from None
     if code != 0:
@@ -210,25 +213,6 @@ def _in_folder(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
-
-
-# jsonargparse's lines that only repeat the problem (union alternatives, the value's Python type)
-_NOISE = re.compile(r"^(Subtypes:|Errors:|Given value type:|Does not validate against any of the Union subtypes"
-                    r"|- Expected a <class 'NoneType'>)")
-
-
-def parser_complaint(text: str) -> str:
-    """jsonargparse's error (after the usage text) in one short line, e.g. ``Parser key "model.lr": Expected a
-    float. Got value: fast``."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    starts = [k for k, line in enumerate(lines) if line.lower().startswith("error:")]
-    if not starts:
-        return lines[-1][:300] if lines else "(no message)"
-    body = [re.sub(r"^error:\s*", "", lines[starts[-1]], flags=re.IGNORECASE), *lines[starts[-1] + 1:]]
-    kept = [line.removeprefix("- ") for line in body if not _NOISE.match(line)]
-    message = "; ".join(dict.fromkeys(kept)).replace(":;", ":")  # union alternatives repeat themselves
-    message = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", message).replace("typing.", "")
-    return message if len(message) <= 300 else message[:297] + "..."
 
 
 # -------------------------------------------------------------------------------------------------- the runs

@@ -5,28 +5,48 @@ prints the test metrics and the run folder. The typed constructor arguments of t
 schema (``--help`` lists them); values that follow from the data (vocabulary size, feature size) are linked
 from the data module into the model, and the encoder choice is linked from the model into the data module
 (it decides the preprocessing and the feature cache).
+
+Runs are never lost: every config keeps ``checkpoints/last.ckpt``; ``--ckpt_path last`` (or a path) continues
+an interrupted fit in its own run folder (the logger's version or wandb run id is pinned to that folder),
+with model, optimizer, loop, callback and random-number states; SIGTERM or Ctrl-C ends a run with one line
+giving the exact resume command; under SLURM the logger version is the job id, so a requeued job (Lightning's
+SLURM environment saves and resumes it) appends to the same folder. Bad options, checkpoints and data end
+with one line on stderr and exit code 2 before any work starts.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import os
+import re
+import shlex
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from showtell.checkpoints import CheckpointError, resume_checkpoint
 from showtell.data import Flickr8kDataModule
 from showtell.encoder import WeightsUnavailableError
-from showtell.module import ShowTellModule
+from showtell.module import NonFiniteLossError, ShowTellModule
+from showtell.options import OptionError, check_trainer_options
 from showtell.outputs import collected_test_metrics, run_folder
 from showtell.sources import DatasetError
 
 # Errors whose message tells the user what to do: printed as one line, without a traceback.
-USER_ERRORS = (DatasetError, WeightsUnavailableError, FileExistsError)
+USER_ERRORS = (DatasetError, WeightsUnavailableError, FileExistsError, OptionError, CheckpointError)
+# Callbacks that need a logger; dropped with one line when a run has none (--trainer.logger false).
+NEEDS_LOGGER = ("lightning.pytorch.callbacks.LearningRateMonitor", "LearningRateMonitor")
 
 # Every command starts from the paper baseline; --config files are overlays on top of it.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
@@ -56,14 +76,43 @@ class ShowTellCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # re-running into one folder must work
         kwargs.setdefault("auto_configure_optimizers", False)  # the module's own optimizer arguments
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"default_config_files": [str(DEFAULT_CONFIG)]})
+        # A usage error raises (one line from main) instead of printing the whole usage text.
+        kwargs.setdefault("parser_kwargs", {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False})
         super().__init__(ShowTellModule, Flickr8kDataModule, args=args, run=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="resume an interrupted fit: 'last' (the newest run folder of this configuration) "
+                                 "or a checkpoint file")
         for source, target, derive in MODEL_TO_DATA_LINKS:
             parser.link_arguments(f"model.{source}", f"data.{target}", compute_fn=derive)
         for name in DATA_TO_MODEL_LINKS:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        # Every option checked before anything is read, generated or extracted (one OptionError line).
+        ShowTellModule.check_options(config.model.as_dict())
+        Flickr8kDataModule.check_options(config.data.as_dict())
+        trainer = config.trainer
+        check_trainer_options(trainer.max_epochs, gradient_clip_val=trainer.gradient_clip_val,
+                              log_every_n_steps=trainer.log_every_n_steps,
+                              check_val_every_n_epoch=trainer.check_val_every_n_epoch,
+                              accumulate_grad_batches=trainer.accumulate_grad_batches,
+                              num_sanity_val_steps=trainer.num_sanity_val_steps)
+        logger = config.trainer.logger
+        if logger in (False, None):
+            kept = [c for c in (config.trainer.callbacks or []) if _class_path(c) not in NEEDS_LOGGER]
+            if len(kept) != len(config.trainer.callbacks or []):
+                print("no logger (--trainer.logger false): LearningRateMonitor is left out", flush=True)
+                config.trainer.callbacks = kept
+        self.resume_from = None
+        if config.ckpt_path:
+            folders = run_folders(config)
+            self.resume_from = resume_checkpoint(config.ckpt_path, folders)
+            pin_run_folder(config, self.resume_from.parent.parent)
+        elif os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+            pin_run_folder(config, None, version=f"slurm_{os.environ['SLURM_JOB_ID']}")  # requeues append here
 
     def summary(self) -> str:
         """One line: dataset sizes, vocabulary, parameters, device, precision."""
@@ -85,27 +134,142 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python")
     warnings.filterwarnings("ignore", message=r"(?s).*(skip_none|instantiate_classes).*deprecated")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # "Seed set to 0" on stderr: the seed is in the printed config and the run's hparams; stderr is for problems.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+
+
+# jsonargparse's lines that only repeat the problem (union alternatives, the value's Python type)
+_NOISE = re.compile(r"^(Subtypes:|Errors:|Given value type:|Does not validate against any of the Union subtypes"
+                    r"|- Expected a <class 'NoneType'>)")
+
+
+def parser_complaint(text: str) -> str:
+    """jsonargparse's error (after the usage text) in one short line, e.g. ``Parser key "model.lr": Expected a
+    float. Got value: fast``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    starts = [k for k, line in enumerate(lines) if line.lower().startswith("error:")]
+    if not starts:
+        return lines[-1][:300] if lines else "(no message)"
+    body = [re.sub(r"^error:\s*", "", lines[starts[-1]], flags=re.IGNORECASE), *lines[starts[-1] + 1:]]
+    kept = [line.removeprefix("- ") for line in body if not _NOISE.match(line)]
+    message = "; ".join(dict.fromkeys(kept)).replace(":;", ":")  # union alternatives repeat themselves
+    message = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", message).replace("typing.", "")
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def _class_path(item: Any) -> str:
+    return str(getattr(item, "class_path", "") or type(item).__name__)
+
+
+def run_folders(config: Any) -> list[Path]:
+    """The run folders a configuration writes (one per version/run id), where ``--ckpt_path last`` looks."""
+    logger = config.trainer.logger
+    if logger in (False, None):
+        return [Path(config.trainer.default_root_dir or ".")]
+    args = getattr(logger, "init_args", None)
+    if args is None:  # logger: true = Lightning's default TensorBoardLogger under default_root_dir
+        root = Path(config.trainer.default_root_dir or ".") / "lightning_logs"
+    elif "project" in args:  # showtell.loggers.WandbLogger: <save_dir>/<project>/<run id>
+        root = Path(args.save_dir) / args.project
+    else:  # CSVLogger, TensorBoardLogger: <save_dir>/<name>/<version>
+        root = Path(args.save_dir) / (args.name or "")
+    return sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+
+
+def pin_run_folder(config: Any, folder: Path | None, version: str | None = None) -> None:
+    """Make the logger write into ``folder`` (an existing run folder) or under ``version``: CSV/TensorBoard
+    append to it, wandb resumes the same run id."""
+    logger = config.trainer.logger
+    args = getattr(logger, "init_args", None)
+    if logger in (False, None) or args is None:
+        if folder is not None and logger in (False, None):
+            config.trainer.default_root_dir = str(folder)
+        return
+    if folder is not None:
+        expected_root = Path(args.save_dir) / (args.project if "project" in args else (args.name or ""))
+        if folder.parent.resolve() != expected_root.resolve():
+            return  # a checkpoint from elsewhere: its state is resumed into a new run folder
+        version = folder.name
+    if "project" in args:
+        if getattr(args, "id", None) is None:
+            args.id = version
+    elif getattr(args, "version", None) is None or folder is not None:
+        args.version = version
+
+
+def carry_csv_log(trainer, checkpoint: Path) -> None:
+    """Resuming into a run folder: Lightning's CSVLogger starts a fresh ``metrics.csv``; log the rows written
+    up to the checkpoint again first, so the file reads as one run (rows after it are redone by the resumed
+    fit)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        previous = Path(logger.log_dir) / "metrics.csv"
+        if not previous.is_file():
+            continue
+        last_step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", -1)
+        with open(previous, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            step = int(float(row.pop("step", -1) or -1))
+            values = {k: int(float(v)) if k == "epoch" else float(v) for k, v in row.items() if v not in ("", None)}
+            if 0 <= step <= last_step and values:
+                logger.log_metrics(values, step=step)
+
+
+def resume_command(args: list[str], folder: Path) -> str:
+    """The exact command that continues this run from its last checkpoint."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["python", "train.py", *kept, "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")])
 
 
 def main(args: list[str] | None = None) -> dict:
     """Fit, test the best checkpoint, print the results table and the run folder. Returns test metrics.
 
-    Bad input (no dataset, weights that cannot be downloaded, ...) ends with one line on stderr, exit code 2.
+    Bad input (no dataset, bad options or checkpoints, weights that cannot be downloaded, ...) ends with one
+    line on stderr, exit code 2; a non-finite loss with one line, exit code 1; SIGTERM or Ctrl-C with the
+    resume command, exit code 143 or 130.
     """
     try:
-        return _fit_and_test(args)
+        return _fit_and_test(list(sys.argv[1:] if args is None else args))
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ArgumentError as err:  # the parser's own complaint (unknown option, wrong type, ...)
+        print(f"error: {parser_complaint('error: ' + str(err))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
-def _fit_and_test(args: list[str] | None) -> dict:
+def _fit_and_test(args: list[str]) -> dict:
     quiet_known_warnings()
-    cli = ShowTellCLI(args=list(sys.argv[1:] if args is None else args))
+    cli = ShowTellCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     print(cli.summary(), flush=True)
+    if cli.resume_from is not None:
+        carry_csv_log(trainer, cli.resume_from)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=cli.resume_from)
+    except (SIGTERMException, KeyboardInterrupt, SystemExit) as stop:
+        if not trainer.interrupted and not isinstance(stop, KeyboardInterrupt):
+            raise
+        signal_name, code = ("SIGTERM", 143) if isinstance(stop, SIGTERMException) else ("Ctrl-C", 130)
+        if trainer.is_global_zero:
+            print(f"stopped by {signal_name}; resume with: {resume_command(args, run_folder(trainer))}",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(code) from None
     fit_s = time.perf_counter() - start
     if trainer.interrupted:
         print("training interrupted: skipping the test", file=sys.stderr)

@@ -9,9 +9,9 @@ a batch is a few tensor gathers, never a Python loop over samples.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import lightning as L
 import torch
@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from showtell.batching import BucketBatchSampler
+from showtell.encoder import check_encoder_options
 from showtell.features import (
+    FeaturesFileError,
     FeatureTable,
     cache_key,
     cached_features,
@@ -29,6 +31,7 @@ from showtell.features import (
     load_features,
     load_rgb,
 )
+from showtell.options import OptionError, Options, shown_path
 from showtell.sources import CaptionCorpus, DatasetError, SkipReport, load_corpus
 from showtell.vocab import PAD_ID, Vocabulary, tokenize
 
@@ -106,6 +109,14 @@ class CaptionDataset(Dataset):
                      [self.names[i] for i in image_idx], idx)
 
 
+class FeaturesOptionError(OptionError, DatasetError):
+    """A bad ``--data.features`` file: a bad option, found when the data module is built, and bad data."""
+
+
+Format = Literal["auto", "kaggle", "original", "karpathy"]
+Split = Literal["test", "val"]
+
+
 @rank_zero_only
 def _say(line: str) -> None:
     print(line, flush=True)  # once per run, not once per DDP process
@@ -145,9 +156,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         progress: progress bars for one-time work (demo generation, image scan, feature extraction).
     """
 
-    def __init__(self, root: str = "data/flickr8k", format: Literal["auto", "kaggle", "original", "karpathy"] = "auto",
+    def __init__(self, root: str = "data/flickr8k", format: Format = "auto",
                  batch_size: int = 64, bucket_by_length: bool = True, shuffle_seed: int | None = None,
-                 eval_batch_size: int | None = None, test_split: Literal["test", "val"] = "test",
+                 eval_batch_size: int | None = None, test_split: Split = "test",
                  num_workers: int = 4,
                  min_count: int = 5, max_len: int = 40, encoder: str = "resnet50", weights: str | None = "DEFAULT",
                  image_size: int | None = None, augment: bool = False, features: str | None = None,
@@ -156,13 +167,49 @@ class Flickr8kDataModule(L.LightningDataModule):
                  split_seed: int = 0, progress: bool = True):
         super().__init__()
         self.save_hyperparameters()
+        features_table = self.check_options(self.hparams)  # before anything is read, generated or extracted
         self.root = Path(root).expanduser()
         self._corpus: CaptionCorpus | None = None
         self._vocab: Vocabulary | None = None
-        self._features: FeatureTable | None = None  # bring-your-own file
+        self._features: FeatureTable | None = features_table  # bring-your-own file (read to check it)
         self._cache_table: FeatureTable | None = None  # features cached from our own encoder
         self.datasets: dict[str, CaptionDataset] = {}
         self.report = SkipReport()
+
+    @staticmethod
+    def check_options(options: Mapping[str, Any]) -> FeatureTable | None:
+        """Check the constructor arguments in ``options``; ``OptionError`` (one line) for the first bad one.
+
+        Cheap: reads neither the captions nor the images; a ``features`` file is read (it is checked for
+        names, shape and finite values) and returned, else None. ``encoder`` and ``weights`` are linked from
+        the model in the CLI, so their messages name ``--model.encoder`` and ``--model.weights``.
+        """
+        opts = Options("data", options)
+        opts.folder("root")
+        opts.one_of("format", get_args(Format))
+        opts.positive_int("batch_size")
+        opts.boolean("bucket_by_length", "augment", "cache_features", "frozen_encoder", "demo", "progress")
+        opts.integer("shuffle_seed", optional=True)
+        opts.positive_int("eval_batch_size", optional=True)
+        opts.one_of("test_split", get_args(Split))
+        opts.non_negative_int("num_workers")
+        opts.positive_int("min_count", "max_len")
+        check_encoder_options(Options("model", {k: options[k] for k in ("encoder", "weights") if k in options}))
+        opts.positive_int("image_size", optional=True)
+        opts.folder("cache_dir", optional=True)
+        opts.integer("demo_images", minimum=8)  # showtell.demo.generate_demo's limits: every split gets an image
+        opts.integer("demo_image_size", minimum=32)
+        opts.non_negative_int("demo_seed")
+        opts.integer("split_seed")
+        features = options.get("features")
+        if features is None:
+            return None
+        if not isinstance(features, (str, os.PathLike)) or not str(features):
+            opts.fail("features", "an .npz file path", optional=True)
+        try:
+            return load_features(features)
+        except FeaturesFileError as err:
+            raise FeaturesOptionError(f"--data.features {shown_path(features)}: {err.problem}") from None
 
     # ----- what the CLI links into the model -------------------------------------------------------------
     @property
@@ -312,6 +359,10 @@ class Flickr8kDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, **batching)
 
     def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # Overfitting the same first batches: Lightning wants a sequential sampler (it would replace ours
+            # with a per-sample one, giving batches of one caption).
+            return self._loader("train", batch_size=self.hparams.batch_size, shuffle=False)
         return self._loader("train", sampler=self.train_sampler(), batch_size=None)
 
     def train_sampler(self) -> BucketBatchSampler:

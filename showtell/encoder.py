@@ -18,6 +18,7 @@ Preprocessing (resize, crop, mean, std) comes from the torchvision weights it be
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from urllib.error import URLError
 import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+from showtell.options import OptionError, Options, shown_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -152,11 +155,70 @@ def _resolve_weights(name: str, weights: str | Path | None) -> WeightsEnum | Pat
     enum = get_model_weights(name)
     if isinstance(weights, str) and weights in enum.__members__:
         return enum[weights]
-    path = Path(weights).expanduser()
-    if isinstance(weights, Path) or path.suffix in (".pth", ".pt") or len(path.parts) > 1 or path.exists():
-        return path
+    if is_weights_path(weights):
+        return Path(weights).expanduser()
     raise ValueError(f"unknown weights {weights!r} for {name}; valid: {', '.join(enum.__members__)}, "
                      "a .pth/.pt file path, or null for random init")
+
+
+def is_weights_path(weights: str | os.PathLike) -> bool:
+    """Whether a ``weights`` value means a local file: a path object, a value with a folder separator or a
+    .pth/.pt suffix, or an existing file (anything else must be a torchvision weights name)."""
+    text = os.fspath(weights)
+    return (isinstance(weights, os.PathLike) or "/" in text or os.sep in text or text.endswith((".pth", ".pt"))
+            or Path(text).expanduser().exists())
+
+
+def weights_file_problem(name: str, path: Path) -> str | None:
+    """What makes ``path`` unusable as weights of backbone ``name``, or None. Cheap: the file is memory-mapped
+    (no tensor data is read) and its names and shapes are compared with the model built on the meta device."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files in the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file gets the same one-line message
+        first = str(err).strip().split(". ")[0].splitlines()[0][:160] if str(err).strip() else ""
+        return f"cannot be read as a PyTorch state_dict ({type(err).__name__}: {first})"
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        return f"holds a {type(state).__name__}, expected a state_dict (parameter name -> tensor)"
+    spec = _spec(name)
+    with torch.device("meta"):
+        model = get_model(name, weights=None, **dict(spec.kwargs))
+    if set(state) != set(model.state_dict()):
+        spec.cut_head(model)  # maybe a state_dict of the backbone without its head
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        return (f"does not match torchvision {name}: {len(missing)} missing keys {missing[:2]}, "
+                f"{len(unexpected)} unexpected keys {unexpected[:2]}; expected the state_dict of "
+                f"torchvision.models.{name}()")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            return (f"does not fit torchvision {name}: {key} has shape {tuple(tensor.shape)}, expected "
+                    f"{tuple(expected[key].shape)}")
+    return None
+
+
+def check_encoder_options(opts: Options) -> None:
+    """``encoder`` is one of ``BACKBONES``; ``weights`` is null, a torchvision weights name of that backbone, or
+    a readable local state_dict that fits it (checked without reading its tensors)."""
+    opts.one_of("encoder", BACKBONES)
+    weights = opts.values.get("weights")
+    if weights is None:
+        return
+    name = opts.values["encoder"]
+    names = tuple(get_model_weights(name).__members__)
+    allowed = f"a torchvision weights name for {name} ({', '.join(names)}), a .pth/.pt file"
+    if not isinstance(weights, (str, os.PathLike)):
+        opts.fail("weights", allowed, optional=True)
+    if isinstance(weights, str) and weights in names:
+        return
+    if not is_weights_path(weights):
+        opts.fail("weights", allowed, optional=True)
+    problem = weights_file_problem(name, opts.readable_file("weights"))
+    if problem:
+        raise OptionError(f"{opts.name('weights')} {shown_path(weights)}: {problem}")
 
 
 def _fetch(name: str, weights: WeightsEnum) -> None:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from showtell.checkpoints import CheckpointError, read_checkpoint
 from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options
 from showtell.data import Flickr8kDataModule
 from showtell.encoder import WeightsUnavailableError
@@ -49,6 +49,9 @@ TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision
 
 class EvaluationError(ValueError):
     """Bad input for an evaluation: one line saying what is wrong and what to do."""
+
+
+__all__ = ["CheckpointError", "EvaluationError", "evaluate_checkpoint", "load_model", "main", "read_checkpoint"]
 
 
 # ------------------------------------------------------------------------------------------- captions files
@@ -97,24 +100,6 @@ def _describe(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dictionary (tensors on the CPU), checked to be a showtell checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file gets the same one-line message
-        reason = str(err).splitlines()[0][:120] if str(err) else ""
-        raise EvaluationError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})"
-                              ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "vocab_size" not in hparams or "showtell_vocab" not in checkpoint:
-        raise EvaluationError(f"{path} is not a showtell checkpoint (no model hyperparameters or vocabulary); "
-                              "use a .ckpt written by train.py")
-    return checkpoint
 
 
 def load_model(path: str | Path, **overrides: Any) -> tuple[ShowTellModule, dict[str, Any]]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,30 +46,83 @@ class FeatureTable:
         return int(self.features.shape[1])
 
 
+class FeaturesFileError(DatasetError):
+    """A features file that cannot be used; ``problem`` says why, without the path."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"features file {path}: {problem}")
+        self.path, self.problem = path, problem
+
+    def __reduce__(self):  # picklable (e.g. raised in a worker process) despite the two arguments
+        return type(self), (self.path, self.problem)
+
+
+def _dimensions(array: np.ndarray) -> str:
+    return f"{array.ndim} dimension{'' if array.ndim == 1 else 's'}"
+
+
+def _array(data, key: str, path: Path) -> np.ndarray:
+    try:
+        return data[key]
+    except ValueError as err:  # an object array, which allow_pickle=False refuses
+        if "allow_pickle" in str(err):
+            fix = "strings, e.g. np.array(names, dtype=str)" if key == "names" else "numbers, e.g. float32"
+            raise FeaturesFileError(path, f"'{key}' is an object array; save it as {fix}") from None
+        raise
+
+
 def load_features(path: str | Path) -> FeatureTable:
-    """Read a features ``.npz`` (arrays ``names`` and ``features``); one clear error for anything else."""
+    """Read and check a features ``.npz``: ``names`` (N,) distinct strings, ``features`` (N, D) finite numbers,
+    N, D >= 1. Anything else raises ``FeaturesFileError`` with one line saying what is wrong."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise FeaturesFileError(path, "does not exist; expected an .npz with arrays 'names' and 'features' "
+                                      "(see README, 'Bring your own features')")
     if not path.is_file():
-        raise DatasetError(f"features file {path} does not exist; pass --data.features PATH to an .npz "
-                           "with arrays 'names' and 'features' (see README, 'Bring your own features')")
+        raise FeaturesFileError(path, "is a folder, expected an .npz file with arrays 'names' and 'features'")
+    if not os.access(path, os.R_OK):
+        raise FeaturesFileError(path, "is not readable (permission denied)")
+    if not zipfile.is_zipfile(path):
+        raise FeaturesFileError(path, "is not an .npz file (a zip of arrays); write one with "
+                                      "np.savez(path, names=names, features=features)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "names" not in data or "features" not in data:
-                raise DatasetError(f"features file {path} must hold arrays 'names' and 'features', "
-                                   f"found {sorted(data.files)}")
-            names = [str(n) for n in data["names"]]
-            features = data["features"]
-    except DatasetError:
+            missing = [key for key in ("names", "features") if key not in data.files]
+            if missing:
+                raise FeaturesFileError(path, f"missing array '{missing[0]}': expected arrays 'names' and "
+                                              f"'features', found {sorted(data.files)}")
+            names, features = _array(data, "names", path), _array(data, "features", path)
+    except FeaturesFileError:
         raise
-    except Exception as err:  # zip/npy format errors come in many types
-        raise DatasetError(f"cannot read features file {path} as .npz ({type(err).__name__}: {err})") from None
-    if features.ndim != 2 or features.shape[0] != len(names):
-        raise DatasetError(f"features file {path}: 'features' must be (N, D) with N = len(names) = {len(names)}, "
-                           f"got shape {features.shape}")
+    except Exception as err:  # zip/npy format errors, permissions: they come in many types
+        reason = " ".join(str(err).split())[:200]
+        raise FeaturesFileError(path, f"cannot be read as .npz ({type(err).__name__}: {reason})") from None
+    if names.ndim != 1:
+        raise FeaturesFileError(path, f"'names' has {_dimensions(names)}, expected (N,)")
+    if features.ndim != 2:
+        raise FeaturesFileError(path, f"'features' has {_dimensions(features)}, expected (N, D)")
+    if features.shape[0] != len(names):
+        raise FeaturesFileError(path, f"'features' has {features.shape[0]} rows but 'names' has {len(names)} "
+                                      "entries, expected one row per name")
+    if features.size == 0:
+        raise FeaturesFileError(path, f"'features' is empty, shape {features.shape}")
+    if names.dtype.kind not in "US":
+        raise FeaturesFileError(path, f"'names' must hold strings (image file names), got dtype {names.dtype}")
+    if features.dtype.kind not in "iuf":
+        raise FeaturesFileError(path, f"'features' must hold numbers, got dtype {features.dtype}")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise FeaturesFileError(path, f"'names' holds duplicate image names, e.g. {name!r}")
+        seen.add(name)
     if features.dtype not in (np.float16, np.float32):
         features = features.astype(np.float32)
-    if len(set(names)) != len(names):
-        raise DatasetError(f"features file {path}: 'names' holds duplicate image names")
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise FeaturesFileError(path, f"'features' holds NaN or inf in {int((~finite).sum())} of {len(names)} "
+                                      f"rows, e.g. row {row} ({names[row]!r})")
     return FeatureTable(names, torch.from_numpy(np.ascontiguousarray(features)))
 
 

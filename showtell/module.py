@@ -15,9 +15,12 @@ the dataset and without downloading pretrained weights.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Literal
+import random
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,15 +28,44 @@ from torch import Tensor
 from showtell.data import Batch
 from showtell.decoder import CaptionDecoder
 from showtell.decoding import Decoded, decode
-from showtell.encoder import ImageEncoder
+from showtell.encoder import ImageEncoder, check_encoder_options
 from showtell.metrics import CorpusBLEU
+from showtell.options import Options
 from showtell.outputs import TestOutputWriter, gather_records
 from showtell.rewards import cider_d
 from showtell.vocab import PAD_ID, Vocabulary
 
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: one line with epoch, step and what to try."""
+
+
+def rng_states() -> dict[str, Any]:
+    """torch, CUDA, numpy and Python random states as plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 # Set while load_from_checkpoint builds the module: the checkpoint's state dict brings the CNN weights,
 # so constructing the encoder must not try to download the pretrained ones.
 _LOADING_CHECKPOINT = contextvars.ContextVar("showtell_loading_checkpoint", default=False)
+
+Conditioning = Literal["pre", "init", "par", "merge"]  # showtell.decoder.CONDITIONING, typed for the CLI
+Optimizer = Literal["adam", "sgd"]
 
 
 class ShowTellModule(L.LightningModule):
@@ -63,8 +95,8 @@ class ShowTellModule(L.LightningModule):
                  weights: str | None = "DEFAULT", feature_norm: bool = False, embed_size: int = 512,
                  hidden_size: int = 512,
                  num_layers: int = 1, dropout: float = 0.3,
-                 conditioning: Literal["pre", "init", "par", "merge"] = "pre", uniform_init: float | None = 0.08,
-                 optimizer: Literal["adam", "sgd"] = "adam", lr: float = 4e-4, weight_decay: float = 0.0,
+                 conditioning: Conditioning = "pre", uniform_init: float | None = 0.08,
+                 optimizer: Optimizer = "adam", lr: float = 4e-4, weight_decay: float = 0.0,
                  momentum: float = 0.0, lr_step_epochs: int | None = None, lr_decay: float = 0.5,
                  finetune_after: int | None = None, finetune_lr: float = 5e-4, val_beam_size: int = 1,
                  test_beam_size: int = 3, max_caption_len: int = 20, length_penalty: float = 0.0,
@@ -74,6 +106,8 @@ class ShowTellModule(L.LightningModule):
             raise ValueError(f"vocab_size must be linked from the data module (got {vocab_size}); build the "
                              "model through train.py / LightningCLI or pass data.vocab_size")
         self.save_hyperparameters()
+        # From a checkpoint the CNN weights come from its state dict: the weights option is not used then.
+        self.check_options({**self.hparams, "weights": None} if _LOADING_CHECKPOINT.get() else self.hparams)
         self.encoder = ImageEncoder(encoder, None if _LOADING_CHECKPOINT.get() else weights, embed_size,
                                     frozen=True, feature_dim=feature_dim, feature_norm=feature_norm)
         self.decoder = CaptionDecoder(vocab_size, embed_size, hidden_size, num_layers, dropout, conditioning,
@@ -83,6 +117,31 @@ class ShowTellModule(L.LightningModule):
         self.test_bleu = CorpusBLEU()
         self.val_samples: list[dict[str, Any]] = []
         self._val_records: list[dict[str, Any]] = []  # this epoch's validation captions, for CIDEr-D
+
+    @staticmethod
+    def check_options(options: Mapping[str, Any]) -> None:
+        """Check the constructor arguments in ``options`` but ``vocab_size`` (linked at instantiation, checked
+        by the constructor); ``OptionError`` (one line) for the first bad one. Cheap: no CNN is built (a
+        weights file is memory-mapped and compared by names and shapes)."""
+        opts = Options("model", options)
+        opts.positive_int("feature_dim", optional=True)
+        check_encoder_options(opts)
+        opts.boolean("feature_norm")
+        opts.positive_int("embed_size", "hidden_size", "num_layers")
+        opts.fraction("dropout")
+        opts.one_of("conditioning", get_args(Conditioning))
+        opts.positive_number("uniform_init", optional=True)
+        opts.one_of("optimizer", get_args(Optimizer))
+        opts.positive_number("lr")
+        opts.number("weight_decay", low=0)
+        opts.fraction("momentum")
+        opts.positive_int("lr_step_epochs", optional=True)
+        opts.number("lr_decay", low=0, high=1, low_open=True)
+        opts.non_negative_int("finetune_after", optional=True)
+        opts.positive_number("finetune_lr")
+        opts.positive_int("val_beam_size", "test_beam_size", "max_caption_len")
+        opts.number("length_penalty", low=0)  # decoding's early stop assumes alpha >= 0
+        opts.non_negative_int("log_samples")
 
     # ----- model --------------------------------------------------------------------------------------------
     def embed_images(self, images: Tensor) -> Tensor:
@@ -119,10 +178,20 @@ class ShowTellModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch)
+        self._check_finite(loss, batch_idx)
         # Step values go to the logger every log_every_n_steps; only epoch means reach the progress bar, so
         # no step forces a host-device synchronisation.
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch.lengths))
         return loss
+
+    def _check_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop at the first non-finite loss, before an optimizer step spreads NaNs into the weights (and into
+        a checkpoint). On CUDA the check is one small synchronisation per step."""
+        if not torch.isfinite(loss.detach()).item():
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (batch "
+                f"{batch_idx}); training stopped, the checkpoints written so far are kept. Try a lower "
+                f"--model.lr (now {self.hparams.lr}) or gradient clipping (--trainer.gradient_clip_val 5)")
 
     def on_train_epoch_end(self) -> None:
         loss = self.trainer.callback_metrics.get("train/loss_epoch")
@@ -219,10 +288,17 @@ class ShowTellModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.vocab is not None:
             checkpoint["showtell_vocab"] = self.vocab.to_dict()
+        checkpoint["showtell_rng"] = rng_states()  # a resumed fit continues with the same random numbers
+        if self._trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.save()  # the logs up to this checkpoint survive a kill (CSV buffers 100 steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "showtell_vocab" in checkpoint:
             self.vocab = Vocabulary.from_dict(checkpoint["showtell_vocab"])
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "showtell_rng" in checkpoint:  # resuming (not loading weights to evaluate)
+            set_rng_states(checkpoint["showtell_rng"])
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):

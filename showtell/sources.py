@@ -213,12 +213,12 @@ def _find_image_dir(root: Path, caption_file: Path) -> Path:
                 if _image_names(sub):
                     return sub
             raise DatasetError(f"image folder {folder} contains no {'/'.join(IMAGE_EXTENSIONS)} files; "
-                               "put the Flickr8k images there, or pass require_images=False when "
+                               "put the Flickr8k images there, or pass --data.features FILE.npz when "
                                "precomputed features replace the images")
     folders = ", ".join(f"{d}/" for d in IMAGE_DIRS)
     raise DatasetError(f"found {caption_file} but no image folder: looked for {folders} (images possibly "
                        f"one folder further down) in {root} and its subfolders; unzip the Flickr8k images "
-                       "there, or pass require_images=False when precomputed features replace the images")
+                       "there, or pass --data.features FILE.npz when precomputed features replace the images")
 
 
 # ------------------------------------------------------------------------------------------------ parsing

@@ -103,3 +103,34 @@ def test_every_config_loads_and_instantiates(config, demo_root, tmp_path):
     for key, value in (written.get("trainer") or {}).items():
         if key in ("max_epochs", "gradient_clip_val", "check_val_every_n_epoch"):
             assert getattr(cli.trainer, key) == value, f"trainer.{key}"
+
+
+LOGGER_CHOICES = {"own": [], "none": ["--trainer.logger", "false"],
+                  "csv": ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]}
+
+
+@pytest.mark.parametrize("logger", list(LOGGER_CHOICES))
+@pytest.mark.parametrize("config", CONFIGS + EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_runs_with_every_logger(config, logger, demo_root, tmp_path, capsys, monkeypatch):
+    """fast_dev_run of each config with its own logger, without one, and with CSV: fit and test complete."""
+    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: None)  # no JVM start per run
+    base = [] if config.name in ("flickr8k.yaml", "demo.yaml") else ["--config", str(REPO / "configs" / "demo.yaml")]
+    if config.parent.name == "experiments":
+        base = ["--config", str(REPO / "configs" / "flickr8k.yaml")]
+    args = [*base, "--config", str(config), "--data.root", str(demo_root), "--data.demo", "false",
+            "--model.weights", "null", "--model.encoder", "resnet18", "--data.image_size", "64",
+            "--data.cache_dir", str(tmp_path.parent / "cache"), "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+            *TINY, *LOGGER_CHOICES[logger]]
+    if logger != "none":
+        args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    if _set_in_yaml(config, "data", "features"):
+        names = sorted(p.name for p in (demo_root / "Images").iterdir())
+        save_features(tmp_path / "f.npz", names, np.zeros((len(names), 8), np.float16))
+        args += ["--data.features", str(tmp_path / "f.npz")]
+    metrics = main(args)
+    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider"}
+    out = capsys.readouterr().out
+    if logger == "none" and "LearningRateMonitor" in (REPO / "configs" / "flickr8k.yaml").read_text() \
+            and (config.parent.name == "experiments" or config.name == "flickr8k.yaml"):
+        assert "LearningRateMonitor is left out" in out

@@ -341,7 +341,7 @@ def test_missing_image_folder(tmp_path):
     write_kaggle(tmp_path, simple_captions(8), images={})
     shutil.rmtree(tmp_path / "Images")
     with pytest.raises(DatasetError, match=r"no image folder.*Images/.*Flickr8k_Dataset/.*Flicker8k_Dataset/"
-                                           r".*require_images=False"):
+                                           r".*--data\.features"):
         load_corpus(tmp_path)
 
 
