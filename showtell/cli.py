@@ -56,11 +56,12 @@ def frozen_encoder(finetune_after: int | None) -> bool:
     return finetune_after is None
 
 
-# Data options that follow from the model (its encoder decides the preprocessing and the feature cache):
-# (model option, data option, how the value is derived). Linked by the CLI; showtell.evaluate copies them
-# from a checkpoint's hyperparameters with ``linked_data_options``.
+# Data options that follow from the model (its encoder decides the preprocessing and the feature cache;
+# self-critical training takes batches of images): (model option, data option, how the value is derived).
+# Linked by the CLI; showtell.evaluate copies them from a checkpoint's hyperparameters with
+# ``linked_data_options``.
 MODEL_TO_DATA_LINKS = (("encoder", "encoder", None), ("weights", "weights", None),
-                       ("finetune_after", "frozen_encoder", frozen_encoder))
+                       ("finetune_after", "frozen_encoder", frozen_encoder), ("scst", "train_per_image", None))
 # Values that follow from the data, linked into the model once the data module exists.
 DATA_TO_MODEL_LINKS = ("vocab_size", "feature_dim")
 

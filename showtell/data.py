@@ -1,5 +1,9 @@
 """Flickr8k as a LightningDataModule: image/caption pairs for training, images with all references for eval.
 
+Self-critical training (``train_per_image``, linked from ``--model.scst``) trains on images instead: one
+sample per training image and epoch, carrying all its references; ``Batch.indices`` is then the image's
+index in the training split (``datasets["train"].references[i]`` are its references).
+
 Samples come either from image files (decoded and transformed per step) or from encoder features computed
 once (the default with a frozen encoder and no augmentation, see ``showtell.features``) or brought by the
 user (``features=...``). Datasets fetch whole batches at once (``__getitems__``), so on in-memory features
@@ -42,7 +46,7 @@ class Batch(NamedTuple):
     lengths: Tensor  # (B,) tokens per caption including <start> and <end>
     references: list[list[list[str]]]  # per sample, every reference caption as tokens
     image_ids: list[str]
-    indices: Tensor  # (B,) dataset index of each sample (for DDP de-duplication)
+    indices: Tensor  # (B,) dataset index of each sample (DDP de-duplication; per-image datasets: the image)
 
 
 def image_transform(preprocess, image_size: int | None, augment: bool) -> T.Compose:
@@ -64,7 +68,8 @@ def image_transform(preprocess, image_size: int | None, augment: bool) -> T.Comp
 
 
 class CaptionDataset(Dataset):
-    """Train (``per_caption``): one sample per (image, caption). Eval: one sample per image, all references.
+    """Train (``per_caption``): one sample per (image, caption). Eval and self-critical training: one sample
+    per image (index = image), all references, the first one as its caption.
 
     Captions are encoded once into a padded (N, T) tensor; ``__getitems__`` returns a whole ``Batch``.
     """
@@ -132,10 +137,12 @@ class Flickr8kDataModule(L.LightningDataModule):
     Args:
         root: folder holding the dataset (any published layout), or where the demo is generated.
         format: ``auto`` detects the layout from the files in ``root``.
-        batch_size: training batch size (captions per step).
+        batch_size: training batch size (captions per step; images per step with ``train_per_image``).
         bucket_by_length: training batches of captions of similar length (``showtell.batching``): about half
             the padded positions of random batches, same epoch content; the order is a function of
-            ``shuffle_seed`` and the epoch.
+            ``shuffle_seed`` and the epoch. Not used with ``train_per_image`` (plain shuffled images).
+        train_per_image: training samples are images (each once per epoch, with all its references) instead
+            of (image, caption) pairs: self-critical training. Linked from ``--model.scst`` in the CLI.
         shuffle_seed: seed of the training batch order; default: the run's ``seed_everything``.
         eval_batch_size: images per validation/test step (default 4 x batch_size; decoding is batched).
         test_split: the split ``trainer.test`` decodes and scores (``showtell.evaluate --split`` sets it).
@@ -157,7 +164,8 @@ class Flickr8kDataModule(L.LightningDataModule):
     """
 
     def __init__(self, root: str = "data/flickr8k", format: Format = "auto",
-                 batch_size: int = 64, bucket_by_length: bool = True, shuffle_seed: int | None = None,
+                 batch_size: int = 64, bucket_by_length: bool = True, train_per_image: bool = False,
+                 shuffle_seed: int | None = None,
                  eval_batch_size: int | None = None, test_split: Split = "test",
                  num_workers: int = 4,
                  min_count: int = 5, max_len: int = 40, encoder: str = "resnet50", weights: str | None = "DEFAULT",
@@ -188,7 +196,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         opts.folder("root")
         opts.one_of("format", get_args(Format))
         opts.positive_int("batch_size")
-        opts.boolean("bucket_by_length", "augment", "cache_features", "frozen_encoder", "demo", "progress")
+        opts.boolean("bucket_by_length", "train_per_image", "augment", "cache_features", "frozen_encoder", "demo",
+                     "progress")
         opts.integer("shuffle_seed", optional=True)
         opts.positive_int("eval_batch_size", optional=True)
         opts.one_of("test_split", get_args(Split))
@@ -340,7 +349,8 @@ class Flickr8kDataModule(L.LightningDataModule):
             eval_transform = image_transform(preprocess, hp.image_size, augment=False)
         for split in ("train", "val", "test"):
             self.datasets[split] = CaptionDataset(
-                corpus.splits[split], corpus.captions, vocab, per_caption=split == "train", max_len=hp.max_len,
+                corpus.splits[split], corpus.captions, vocab, max_len=hp.max_len,
+                per_caption=split == "train" and not hp.train_per_image,
                 features=features, image_dir=corpus.image_dir,
                 transform=transform if split == "train" else eval_transform)
         if self.report.counts():
@@ -369,8 +379,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         """This process's training batches: bucketed or plain shuffled, by seed and epoch, DDP-aware."""
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        bucket = self.hparams.bucket_by_length and not self.hparams.train_per_image  # images: nothing to pad
         return BucketBatchSampler(self.datasets["train"].lengths, self.hparams.batch_size,
-                                  bucket=self.hparams.bucket_by_length, seed=self.shuffle_seed,
+                                  bucket=bucket, seed=self.shuffle_seed,
                                   num_replicas=replicas, rank=rank)
 
     @property

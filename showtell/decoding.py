@@ -1,5 +1,5 @@
 """Free-running caption decoding: greedy and beam search, the one place used by validation, testing,
-evaluation and the caption command.
+evaluation and the caption command; and sampling, for self-critical training (``showtell.module``).
 
 Both work on any decoder with ``init_state(image_embeds)``, ``step(tokens, state) -> (logits, state)`` and
 ``select(state, index)`` (``showtell.decoder.CaptionDecoder``), batched over images and beams as tensors:
@@ -27,6 +27,13 @@ Rules (all decoders here):
   any live beam can still reach (log-probabilities only decrease).
 - Decoding runs under ``torch.no_grad`` and does not change the decoder's train/eval mode (callers put it
   in eval mode; in train mode dropout is active).
+
+Sampling (``sample_captions``) follows the same rules for ``max_len``, ``<end>`` and the never-emitted tokens,
+but draws each word from the softmax (multinomial) instead of taking the best, for K samples per image at
+once, and runs *with* gradients: its log-probabilities are the policy's, for REINFORCE. A sample's
+log-probability is the sum of the full ``log_softmax`` of its sampled tokens (``<pad>``/``<start>`` are only
+excluded from the draw, not renormalised away), so it equals the teacher-forced log-probability of the same
+caption.
 """
 
 from __future__ import annotations
@@ -62,6 +69,16 @@ class Decoded:
     def best(self) -> Tensor:
         """The best caption of each image: (B, L)."""
         return self.tokens[:, 0]
+
+
+@dataclass
+class Sampled:
+    """K sampled captions per image, in drawing order (not ranked). B = images, K = samples, L = max_len."""
+
+    tokens: Tensor  # (B, K, L) long: word ids without <start>/<end>, padded with PAD_ID
+    lengths: Tensor  # (B, K) long: words per caption
+    finished: Tensor  # (B, K) bool: the caption ended with <end> (its log-prob includes <end>)
+    log_probs: Tensor  # (B, K) float32, differentiable: sum of log p of its words (+ <end> if finished)
 
 
 def decode(decoder: StepDecoder, image_embeds: Tensor, beam_size: int = 1, max_len: int = 20,
@@ -126,6 +143,46 @@ def greedy_decode(decoder: StepDecoder, image_embeds: Tensor, max_len: int = 20)
     log_probs = log_probs.unsqueeze(1)  # (B, 1)
     return Decoded(tokens=words.unsqueeze(1), scores=log_probs.clone(), lengths=lengths.unsqueeze(1),
                    finished=finished.unsqueeze(1), log_probs=log_probs)
+
+
+def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int = 5, max_len: int = 20,
+                    generator: torch.Generator | None = None) -> Sampled:
+    """Draw ``num_samples`` captions per image from the model's softmax, all B x K at once, with gradients.
+
+    The samples of one image are adjacent rows (image i's are rows i*K .. i*K+K-1 before the final view). Runs
+    in the decoder's current mode (dropout active in train mode, as SCST implementations sample).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check(1, max_len, 0.0, 1)
+    B, K, device = image_embeds.shape[0], num_samples, image_embeds.device
+    N = B * K
+    state = decoder.init_state(image_embeds.repeat_interleave(K, dim=0))  # (N, E) in, one state per sample
+    tokens = torch.full((N,), START_ID, dtype=torch.long, device=device)
+    words = torch.full((N, max_len), PAD_ID, dtype=torch.long, device=device)
+    log_probs = torch.zeros(N, device=device)
+    lengths = torch.zeros(N, dtype=torch.long, device=device)
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    for t in range(max_len + 1):
+        logits, state = decoder.step(tokens, state)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V), float32 also under bf16 autocast
+        probs = logp.detach().exp()
+        probs[:, PAD_ID] = 0.0  # never drawn (and log-probs stay those of the full softmax)
+        probs[:, START_ID] = 0.0
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+        token_logp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (N,) with gradients
+        alive = ~finished
+        ends = alive & (tokens == END_ID)
+        grows = alive & ~ends & (t < max_len)  # at t == max_len a non-<end> word is not taken: unfinished
+        log_probs = log_probs + torch.where(ends | grows, token_logp, torch.zeros_like(token_logp))
+        if t < max_len:
+            words[:, t] = torch.where(grows, tokens, PAD_ID)
+        lengths += grows.long()
+        finished |= ends
+        if bool(finished.all()):
+            break
+    return Sampled(tokens=words.view(B, K, max_len), lengths=lengths.view(B, K), finished=finished.view(B, K),
+                   log_probs=log_probs.view(B, K))
 
 
 def _rank(log_probs: Tensor, lengths: Tensor, alpha: float) -> Tensor:

@@ -1,6 +1,13 @@
 """ShowTellModule: the LightningModule around ``ImageEncoder`` -> ``CaptionDecoder``.
 
-Training is teacher-forced cross-entropy over real tokens (padding masked). Validation and test decode
+Training is teacher-forced cross-entropy over real tokens (padding masked), or, with ``scst``, self-critical
+sequence training (Rennie et al. 2017; Luo 2020, "A better variant of self-critical sequence training"):
+batches of training images (``data.train_per_image``), K captions sampled per image
+(``showtell.decoding.sample_captions``), reward = CIDEr-D of each sample against its image's references with
+the document frequencies of the training references (``showtell.rewards.CiderReward``), baseline = the mean
+reward of the image's other K-1 samples (or of its greedy caption), loss = -(reward - baseline) x the sample's
+summed log-probability, averaged over samples. ``init_from`` starts from the weights of a cross-entropy
+checkpoint (the usual way to run SCST). Validation and test decode
 free-running (never teacher-forced), greedy or beam search through ``showtell.decoding``, and score corpus
 BLEU-1..4 against all references with coco-caption's exact formula (``showtell.metrics``), de-duplicated
 across DDP processes, and validation CIDEr-D (``showtell.rewards``). ``test_step`` returns one record per image;
@@ -25,14 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from showtell.checkpoints import read_checkpoint
 from showtell.data import Batch
 from showtell.decoder import CaptionDecoder
-from showtell.decoding import Decoded, decode
+from showtell.decoding import Decoded, decode, greedy_decode, sample_captions
 from showtell.encoder import ImageEncoder, check_encoder_options
 from showtell.metrics import CorpusBLEU
-from showtell.options import Options
+from showtell.options import OptionError, Options, shown_path
 from showtell.outputs import TestOutputWriter, gather_records
-from showtell.rewards import cider_d
+from showtell.rewards import CiderReward, DocumentFrequency, cider_d
 from showtell.vocab import PAD_ID, Vocabulary
 
 
@@ -66,6 +74,23 @@ _LOADING_CHECKPOINT = contextvars.ContextVar("showtell_loading_checkpoint", defa
 
 Conditioning = Literal["pre", "init", "par", "merge"]  # showtell.decoder.CONDITIONING, typed for the CLI
 Optimizer = Literal["adam", "sgd"]
+ScstBaseline = Literal["mean", "greedy"]
+
+
+def self_critical_loss(log_probs: Tensor, rewards: Tensor, baseline: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """REINFORCE with a baseline: ``-(reward - baseline) * log p(sample)``, averaged over all samples.
+
+    log_probs, rewards: (B, K) for K samples of each of B images (only ``log_probs`` carries gradients);
+    baseline: (B, 1) or (B, K), e.g. the greedy caption's reward; None = for each sample, the mean reward of
+    the image's other K-1 samples (Luo 2020). Returns (loss, advantages (B, K)).
+    """
+    K = rewards.shape[1]
+    if baseline is None:
+        if K < 2:
+            raise ValueError("the mean-of-the-others baseline needs at least 2 samples per image")
+        baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (K - 1)  # (B, K)
+    advantages = (rewards - baseline).detach()  # (B, K)
+    return -(advantages * log_probs).mean(), advantages
 
 
 class ShowTellModule(L.LightningModule):
@@ -89,6 +114,13 @@ class ShowTellModule(L.LightningModule):
         max_caption_len: longest generated caption, in words.
         length_penalty: rank beams by logprob / length**alpha (0 = im2txt, no normalisation).
         log_samples: generated captions kept per validation epoch for the logger's sample table.
+        init_from: a checkpoint written by train.py whose weights (only: not its optimizer or epoch) this
+            model starts from when fitting; its vocabulary must equal the data's.
+        scst: self-critical sequence training instead of cross-entropy (batches of images: the CLI links
+            ``data.train_per_image``); typically after a cross-entropy run, with ``init_from``.
+        scst_samples: captions sampled per image and step (K; Luo 2020: 5).
+        scst_baseline: ``mean`` of the image's other K-1 sample rewards (Luo 2020, no extra decoding) or the
+            reward of its ``greedy`` caption (Rennie et al. 2017).
     """
 
     def __init__(self, vocab_size: int = 0, feature_dim: int | None = None, encoder: str = "resnet50",
@@ -100,14 +132,17 @@ class ShowTellModule(L.LightningModule):
                  momentum: float = 0.0, lr_step_epochs: int | None = None, lr_decay: float = 0.5,
                  finetune_after: int | None = None, finetune_lr: float = 5e-4, val_beam_size: int = 1,
                  test_beam_size: int = 3, max_caption_len: int = 20, length_penalty: float = 0.0,
-                 log_samples: int = 8):
+                 log_samples: int = 8, init_from: str | None = None, scst: bool = False, scst_samples: int = 5,
+                 scst_baseline: ScstBaseline = "mean"):
         super().__init__()
         if vocab_size <= 4:
             raise ValueError(f"vocab_size must be linked from the data module (got {vocab_size}); build the "
                              "model through train.py / LightningCLI or pass data.vocab_size")
         self.save_hyperparameters()
-        # From a checkpoint the CNN weights come from its state dict: the weights option is not used then.
-        self.check_options({**self.hparams, "weights": None} if _LOADING_CHECKPOINT.get() else self.hparams)
+        # From a checkpoint the CNN weights come from its state dict: the weights and init_from options are not
+        # used then (and their files need not exist any more).
+        loading = _LOADING_CHECKPOINT.get()
+        self.check_options({**self.hparams, "weights": None, "init_from": None} if loading else self.hparams)
         self.encoder = ImageEncoder(encoder, None if _LOADING_CHECKPOINT.get() else weights, embed_size,
                                     frozen=True, feature_dim=feature_dim, feature_norm=feature_norm)
         self.decoder = CaptionDecoder(vocab_size, embed_size, hidden_size, num_layers, dropout, conditioning,
@@ -117,6 +152,8 @@ class ShowTellModule(L.LightningModule):
         self.test_bleu = CorpusBLEU()
         self.val_samples: list[dict[str, Any]] = []
         self._val_records: list[dict[str, Any]] = []  # this epoch's validation captions, for CIDEr-D
+        self._init_pending = init_from is not None and not loading  # weights loaded at the first fit's setup
+        self._reward: CiderReward | None = None  # SCST: CIDEr-D against the training references, built at setup
 
     @staticmethod
     def check_options(options: Mapping[str, Any]) -> None:
@@ -142,6 +179,15 @@ class ShowTellModule(L.LightningModule):
         opts.positive_int("val_beam_size", "test_beam_size", "max_caption_len")
         opts.number("length_penalty", low=0)  # decoding's early stop assumes alpha >= 0
         opts.non_negative_int("log_samples")
+        if options.get("init_from") is not None:
+            opts.readable_file("init_from")
+        opts.boolean("scst")
+        opts.positive_int("scst_samples")
+        opts.one_of("scst_baseline", get_args(ScstBaseline))
+        if options.get("scst_baseline", "mean") == "mean" and options.get("scst_samples", 5) == 1:
+            raise OptionError("--model.scst_samples must be >= 2 with --model.scst_baseline mean (each sample's "
+                              "baseline is the mean reward of the other samples of its image), got 1; or use "
+                              "--model.scst_baseline greedy")
 
     # ----- model --------------------------------------------------------------------------------------------
     def embed_images(self, images: Tensor) -> Tensor:
@@ -177,12 +223,58 @@ class ShowTellModule(L.LightningModule):
         return F.cross_entropy(logits.float(), targets[mask])
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
+        size = len(batch.lengths)
+        if self.hparams.scst:
+            loss, stats = self._scst_loss(batch)
+            for name, value in stats.items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
+        else:
+            loss = self._loss(batch)
         self._check_finite(loss, batch_idx)
         # Step values go to the logger every log_every_n_steps; only epoch means reach the progress bar, so
         # no step forces a host-device synchronisation.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch.lengths))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False, batch_size=size)
         return loss
+
+    def _scst_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Self-critical loss of a batch of training images (``batch.indices``: their index in the training
+        split) and what to log: mean sample reward, mean |advantage|, mean sample length in words.
+
+        Under DDP each process samples and scores its own images against the training references (every
+        process holds all of them): the loss needs no reward from other processes, and DDP averages the
+        gradients as for cross-entropy."""
+        hp = self.hparams
+        if self._reward is None:
+            raise RuntimeError("SCST rewards are built in setup('fit') from the data module's training references; "
+                               "fit with a Flickr8kDataModule")
+        B, K = len(batch.indices), hp.scst_samples
+        embeds = self.embed_images(batch.images)  # (B, E)
+        samples = sample_captions(self.decoder, embeds, K, hp.max_caption_len)  # tokens (B, K, L), log_probs (B, K)
+        images = batch.indices.cpu().numpy()  # (B,)
+        rewards = self._rewards(samples.tokens.flatten(0, 1), np.repeat(images, K)).view(B, K)
+        stats = {"reward": rewards.mean(), "sample_words": samples.lengths.float().mean()}
+        baseline = None  # the mean of the other samples
+        if hp.scst_baseline == "greedy":
+            baseline = self._rewards(self._greedy_tokens(embeds.detach()), images).unsqueeze(1)  # (B, 1)
+            stats["greedy_reward"] = baseline.mean()
+        loss, advantages = self_critical_loss(samples.log_probs, rewards, baseline)
+        stats["advantage_abs"] = advantages.abs().mean()
+        return loss, stats
+
+    def _rewards(self, tokens: Tensor, images: np.ndarray) -> Tensor:
+        """CIDEr-D (N,) of captions ``tokens`` (N, L) against the training references of ``images`` (N,)."""
+        itos = self.vocab.itos
+        hypotheses = [[itos[i] for i in row if i != PAD_ID] for row in tokens.tolist()]  # rows hold words only
+        return torch.from_numpy(self._reward(hypotheses, images)).to(self.device, torch.float32)
+
+    def _greedy_tokens(self, embeds: Tensor) -> Tensor:
+        """The greedy caption (B, L) of each image, without dropout (the self-critical baseline of Rennie et al.)."""
+        training = self.decoder.training
+        self.decoder.eval()
+        try:
+            return greedy_decode(self.decoder, embeds, self.hparams.max_caption_len).best
+        finally:
+            self.decoder.train(training)
 
     def _check_finite(self, loss: Tensor, batch_idx: int) -> None:
         """Stop at the first non-finite loss, before an optimizer step spreads NaNs into the weights (and into
@@ -195,7 +287,7 @@ class ShowTellModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         loss = self.trainer.callback_metrics.get("train/loss_epoch")
-        if loss is not None:
+        if loss is not None and not self.hparams.scst:  # the SCST loss is no cross-entropy
             self.log("train/perplexity", torch.exp(loss), prog_bar=True)
 
     # ----- evaluation ---------------------------------------------------------------------------------------
@@ -274,7 +366,7 @@ class ShowTellModule(L.LightningModule):
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.attached_trainer(), "datamodule", None)
         vocab = getattr(datamodule, "vocab", None)
         if vocab is not None:
             if self.vocab is not None and self.vocab != vocab:
@@ -284,19 +376,66 @@ class ShowTellModule(L.LightningModule):
         if len(self.vocab or []) not in (0, self.hparams.vocab_size):
             raise ValueError(f"vocabulary has {len(self.vocab)} words but the model was built for "
                              f"{self.hparams.vocab_size}")
+        if stage != "fit":
+            return
+        if self._init_pending:  # before a resumed fit restores its own checkpoint, which then wins
+            self.load_weights_from(self.hparams.init_from)
+            self._init_pending = False
+        if self.hparams.scst and self._reward is None:
+            self._reward = self._training_reward(datamodule)
+
+    def load_weights_from(self, path: str) -> None:
+        """Copy the weights of a train.py checkpoint into this model (not its optimizer, epoch or RNG states);
+        its vocabulary must equal this model's (the data's). One-line ``OptionError``/``CheckpointError``."""
+        checkpoint = read_checkpoint(path)
+        theirs = Vocabulary.from_dict(checkpoint["showtell_vocab"])
+        ours = self.vocab  # the data's; None without a data module: then only the size can be compared
+        if len(theirs) != (self.hparams.vocab_size if ours is None else len(ours)):
+            what = f"has {len(theirs)} words, the data's has {self.hparams.vocab_size if ours is None else len(ours)}"
+        elif ours is not None and theirs != ours:
+            k = next(k for k, (a, b) in enumerate(zip(theirs.itos, ours.itos)) if a != b)
+            what = (f"has as many words as the data's ({len(ours)}) but other ones (word {k}: {theirs.itos[k]!r} "
+                    f"there, {ours.itos[k]!r} here)")
+        else:
+            what = None
+        if what is not None:
+            raise OptionError(f"--model.init_from {shown_path(path)}: its vocabulary {what}; use the data options "
+                              "of the run that wrote it (same --data.root, format, split and --data.min_count)")
+        try:
+            self.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())
+            raise OptionError(f"--model.init_from {shown_path(path)}: its weights do not fit this model "
+                              f"({detail[:240]}); use the --model options of the run that wrote it") from None
+        trainer = self.attached_trainer()
+        if trainer is None or trainer.is_global_zero:
+            print(f"init_from: weights of {path} (epoch {checkpoint.get('epoch', '?')} of its run)", flush=True)
+
+    @staticmethod
+    def _training_reward(datamodule: Any) -> CiderReward:
+        """CIDEr-D against the references of each training image, with the training references' document
+        frequencies (coco-caption's evaluation counts them on the evaluated references instead)."""
+        train = getattr(datamodule, "datasets", {}).get("train") if datamodule is not None else None
+        if train is None:
+            raise ValueError("--model.scst needs the training references: fit with a Flickr8kDataModule")
+        if len(train) != len(train.names):
+            raise ValueError("--model.scst trains on batches of images: set --data.train_per_image true "
+                             "(train.py links it from --model.scst)")
+        return CiderReward(train.references, DocumentFrequency.from_references(train.references))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.vocab is not None:
             checkpoint["showtell_vocab"] = self.vocab.to_dict()
         checkpoint["showtell_rng"] = rng_states()  # a resumed fit continues with the same random numbers
-        if self._trainer is not None:
+        if self.attached_trainer() is not None:
             for logger in self.trainer.loggers:
                 logger.save()  # the logs up to this checkpoint survive a kill (CSV buffers 100 steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "showtell_vocab" in checkpoint:
             self.vocab = Vocabulary.from_dict(checkpoint["showtell_vocab"])
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        trainer = self.attached_trainer()
+        fitting = trainer is not None and trainer.state.fn == "fit"
         if fitting and "showtell_rng" in checkpoint:  # resuming (not loading weights to evaluate)
             set_rng_states(checkpoint["showtell_rng"])
 
@@ -309,6 +448,13 @@ class ShowTellModule(L.LightningModule):
                                                 hparams_file=hparams_file, strict=strict, **kwargs)
         finally:
             _LOADING_CHECKPOINT.reset(token)
+
+    def attached_trainer(self):
+        """The Trainer running this module, or None (built alone, or loaded to caption or evaluate)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's answer for a module not attached to a Trainer
+            return None
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, frozen) parameter counts."""
