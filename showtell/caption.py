@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from showtell.data import image_transform
 from showtell.encoder import preprocess_for
 from showtell.evaluate import EvaluationError, load_model
+from showtell.features import ImageLoadError, load_rgb
 from showtell.module import ShowTellModule
 
 Ranked = list[tuple[str, float]]  # (caption, log-probability), best first
@@ -66,16 +67,9 @@ def eval_transform(model: ShowTellModule, data_hparams: dict) -> Callable[[Image
 def read_image(path: Path, transform: Callable[[Image.Image], Tensor]) -> Tensor:
     """One preprocessed image (3, H, W); ``ImageReadError`` says why a file cannot be used."""
     try:
-        with Image.open(path) as image:
-            return transform(image.convert("RGB"))
-    except FileNotFoundError:
-        raise ImageReadError("no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError("is a directory, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image file (PIL cannot identify its format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:  # truncated or damaged file, ...
-        raise ImageReadError(f"cannot decode the image ({' '.join(str(err).split())})") from None
+        return transform(load_rgb(path))
+    except ImageLoadError as err:
+        raise ImageReadError(err.reason) from None
 
 
 @torch.inference_mode()

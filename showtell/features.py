@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -163,13 +163,28 @@ class _ImageFiles(Dataset):
         return self.transform(load_rgb(self.image_dir / self.names[i]))
 
 
+class ImageLoadError(DatasetError):
+    """An image file that cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.reason = reason
+
+
 def load_rgb(path: Path) -> Image.Image:
-    """Open any PIL-readable image (grayscale, CMYK, RGBA, PNG inside .jpg) as RGB."""
+    """Open any PIL-readable image (grayscale, CMYK, RGBA, PNG inside .jpg) as RGB: the one image reader of
+    training, feature extraction, captioning and the sample tables."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from None
+    except FileNotFoundError:
+        raise ImageLoadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(path, "is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file (PIL cannot identify its format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # truncated or damaged file, ...
+        raise ImageLoadError(path, f"cannot decode the image ({' '.join(str(err).split())})") from None
 
 
 @torch.inference_mode()

@@ -366,10 +366,9 @@ def _wandb_loggers(trainer: pl.Trainer) -> list[LightningWandbLogger]:
 
 def _thumbnail(path: Path, size: int) -> Any:
     """The image at ``path`` as an RGB PIL image at most ``size`` px on a side."""
-    from PIL import Image
+    from showtell.features import load_rgb
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    image = load_rgb(path)
     image.thumbnail((size, size))
     return image
 
