@@ -38,6 +38,7 @@ caption.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,49 +116,15 @@ def _log_probs(logits: Tensor) -> Tensor:
     return logp
 
 
-@torch.no_grad()
-def greedy_decode(decoder: StepDecoder, image_embeds: Tensor, max_len: int = 20) -> Decoded:
-    """Most likely next word at every step, for B images at once; K = 1."""
-    _check(1, max_len, 0.0, 1)
-    B, device = image_embeds.shape[0], image_embeds.device
-    state = decoder.init_state(image_embeds)
-    tokens = torch.full((B,), START_ID, dtype=torch.long, device=device)
-    words = torch.full((B, max_len), PAD_ID, dtype=torch.long, device=device)
-    log_probs = torch.zeros(B, device=device)
-    lengths = torch.zeros(B, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in range(max_len + 1):
-        logits, state = decoder.step(tokens, state)
-        logp = _log_probs(logits)  # (B, V)
-        best_logp, tokens = logp.max(dim=-1)  # (B,)
-        alive = ~finished
-        ends = alive & (tokens == END_ID)
-        grows = alive & ~ends & (t < max_len)  # at t == max_len a non-<end> word is not taken: unfinished
-        log_probs = log_probs + torch.where(ends | grows, best_logp, torch.zeros_like(best_logp))
-        if t < max_len:
-            words[:, t] = torch.where(grows, tokens, PAD_ID)
-        lengths += grows.long()
-        finished |= ends
-        if bool(finished.all()):
-            break
-    log_probs = log_probs.unsqueeze(1)  # (B, 1)
-    return Decoded(tokens=words.unsqueeze(1), scores=log_probs.clone(), lengths=lengths.unsqueeze(1),
-                   finished=finished.unsqueeze(1), log_probs=log_probs)
+def _rollout(decoder: StepDecoder, image_embeds: Tensor, max_len: int,
+             pick: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One word per step for N captions at once until every one has said ``<end>`` or has ``max_len`` words.
 
-
-def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int = 5, max_len: int = 20,
-                    generator: torch.Generator | None = None) -> Sampled:
-    """Draw ``num_samples`` captions per image from the model's softmax, all B x K at once, with gradients.
-
-    The samples of one image are adjacent rows (image i's are rows i*K .. i*K+K-1 before the final view). Runs
-    in the decoder's current mode (dropout active in train mode, as SCST implementations sample).
+    ``pick(logits, logp_masked)`` chooses each caption's next token and its log-probability (N,), (N,).
+    Returns words (N, max_len), lengths (N,), finished (N,) and the summed log-probabilities through ``<end>``.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    _check(1, max_len, 0.0, 1)
-    B, K, device = image_embeds.shape[0], num_samples, image_embeds.device
-    N = B * K
-    state = decoder.init_state(image_embeds.repeat_interleave(K, dim=0))  # (N, E) in, one state per sample
+    N, device = image_embeds.shape[0], image_embeds.device
+    state = decoder.init_state(image_embeds)
     tokens = torch.full((N,), START_ID, dtype=torch.long, device=device)
     words = torch.full((N, max_len), PAD_ID, dtype=torch.long, device=device)
     log_probs = torch.zeros(N, device=device)
@@ -165,12 +132,7 @@ def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_len + 1):
         logits, state = decoder.step(tokens, state)
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V), float32 also under bf16 autocast
-        probs = logp.detach().exp()
-        probs[:, PAD_ID] = 0.0  # never drawn (and log-probs stay those of the full softmax)
-        probs[:, START_ID] = 0.0
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
-        token_logp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (N,) with gradients
+        tokens, token_logp = pick(logits, _log_probs(logits))  # (N,), (N,)
         alive = ~finished
         ends = alive & (tokens == END_ID)
         grows = alive & ~ends & (t < max_len)  # at t == max_len a non-<end> word is not taken: unfinished
@@ -181,6 +143,45 @@ def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int
         finished |= ends
         if bool(finished.all()):
             break
+    return words, lengths, finished, log_probs
+
+
+@torch.no_grad()
+def greedy_decode(decoder: StepDecoder, image_embeds: Tensor, max_len: int = 20) -> Decoded:
+    """Most likely next word at every step, for B images at once; K = 1."""
+    _check(1, max_len, 0.0, 1)
+
+    def most_likely(logits: Tensor, logp: Tensor) -> tuple[Tensor, Tensor]:
+        best_logp, tokens = logp.max(dim=-1)
+        return tokens, best_logp
+
+    words, lengths, finished, log_probs = _rollout(decoder, image_embeds, max_len, most_likely)
+    log_probs = log_probs.unsqueeze(1)  # (B, 1)
+    return Decoded(tokens=words.unsqueeze(1), scores=log_probs.clone(), lengths=lengths.unsqueeze(1),
+                   finished=finished.unsqueeze(1), log_probs=log_probs)
+
+
+def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int = 5, max_len: int = 20,
+                    generator: torch.Generator | None = None) -> Sampled:
+    """Draw ``num_samples`` captions per image from the model's softmax, all B x K at once, with gradients.
+
+    The samples of one image are adjacent rows (image i's are rows i*K .. i*K+K-1 before the final view). Runs
+    in the decoder's current mode (dropout active in train mode, as SCST implementations sample). The
+    log-probabilities are those of the full softmax (``<pad>`` and ``<start>`` are never drawn).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check(1, max_len, 0.0, 1)
+    B, K = image_embeds.shape[0], num_samples
+
+    def draw(logits: Tensor, logp_masked: Tensor) -> tuple[Tensor, Tensor]:
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V) with gradients, float32 under bf16 autocast
+        probs = logp_masked.detach().exp()  # <pad> and <start> have probability 0
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+        return tokens, logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+    words, lengths, finished, log_probs = _rollout(decoder, image_embeds.repeat_interleave(K, dim=0), max_len,
+                                                   draw)
     return Sampled(tokens=words.view(B, K, max_len), lengths=lengths.view(B, K), finished=finished.view(B, K),
                    log_probs=log_probs.view(B, K))
 
