@@ -101,12 +101,12 @@ def test_sigkill_then_resume_last_equals_the_uninterrupted_run(demo_root, tmp_pa
 
 def test_sigterm_stops_within_seconds_with_the_resume_command(demo_root, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "train.py", *_run_args(demo_root, out)], cwd=REPO, env=_env(),
+    long_run = [*_run_args(demo_root, out), "--trainer.max_epochs", "12"]  # still training when the signal comes
+    process = subprocess.Popen([sys.executable, "train.py", *long_run], cwd=REPO, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = out / "demo" / "version_0" / "checkpoints" / "last.ckpt"
     try:
         _wait_for_checkpoint(last, 0, process)
-        time.sleep(0.5)  # inside the next epoch
         sent = time.time()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
@@ -118,7 +118,7 @@ def test_sigterm_stops_within_seconds_with_the_resume_command(demo_root, tmp_pat
     assert len(resume_lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     command = resume_lines[0].split("resume with: ", 1)[1]
     assert command.startswith("python train.py") and command.endswith(f"--ckpt_path {last}")
-    resumed = _train([*_run_args(demo_root, out), "--ckpt_path", str(last)])
+    resumed = _train([*long_run, "--ckpt_path", str(last)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "demo" / "version_0" / "test_metrics.json").is_file()
 
