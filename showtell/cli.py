@@ -162,18 +162,24 @@ def _class_path(item: Any) -> str:
     return str(getattr(item, "class_path", "") or type(item).__name__)
 
 
-def run_folders(config: Any) -> list[Path]:
-    """The run folders a configuration writes (one per version/run id), where ``--ckpt_path last`` looks."""
+def _logger_root(config: Any) -> Path:
+    """The folder holding a configuration's run folders (one per logger version / wandb run id)."""
     logger = config.trainer.logger
     if logger in (False, None):
-        return [Path(config.trainer.default_root_dir or ".")]
+        return Path(config.trainer.default_root_dir or ".")
     args = getattr(logger, "init_args", None)
     if args is None:  # logger: true = Lightning's default TensorBoardLogger under default_root_dir
-        root = Path(config.trainer.default_root_dir or ".") / "lightning_logs"
-    elif "project" in args:  # showtell.loggers.WandbLogger: <save_dir>/<project>/<run id>
-        root = Path(args.save_dir) / args.project
-    else:  # CSVLogger, TensorBoardLogger: <save_dir>/<name>/<version>
-        root = Path(args.save_dir) / (args.name or "")
+        return Path(config.trainer.default_root_dir or ".") / "lightning_logs"
+    if "project" in args:  # showtell.loggers.WandbLogger: <save_dir>/<project>/<run id>
+        return Path(args.save_dir) / args.project
+    return Path(args.save_dir) / (args.name or "")  # CSVLogger, TensorBoardLogger: <save_dir>/<name>/<version>
+
+
+def run_folders(config: Any) -> list[Path]:
+    """The run folders a configuration writes, where ``--ckpt_path last`` looks."""
+    if config.trainer.logger in (False, None):
+        return [_logger_root(config)]
+    root = _logger_root(config)
     return sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
 
 
@@ -187,8 +193,7 @@ def pin_run_folder(config: Any, folder: Path | None, version: str | None = None)
             config.trainer.default_root_dir = str(folder)
         return
     if folder is not None:
-        expected_root = Path(args.save_dir) / (args.project if "project" in args else (args.name or ""))
-        if folder.parent.resolve() != expected_root.resolve():
+        if folder.parent.resolve() != _logger_root(config).resolve():
             return  # a checkpoint from elsewhere: its state is resumed into a new run folder
         version = folder.name
     if "project" in args:

@@ -117,10 +117,10 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 def _rollout(decoder: StepDecoder, image_embeds: Tensor, max_len: int,
-             pick: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             pick: Callable[[Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One word per step for N captions at once until every one has said ``<end>`` or has ``max_len`` words.
 
-    ``pick(logits, logp_masked)`` chooses each caption's next token and its log-probability (N,), (N,).
+    ``pick(logits)`` chooses each caption's next token and its log-probability (N,), (N,).
     Returns words (N, max_len), lengths (N,), finished (N,) and the summed log-probabilities through ``<end>``.
     """
     N, device = image_embeds.shape[0], image_embeds.device
@@ -132,7 +132,7 @@ def _rollout(decoder: StepDecoder, image_embeds: Tensor, max_len: int,
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_len + 1):
         logits, state = decoder.step(tokens, state)
-        tokens, token_logp = pick(logits, _log_probs(logits))  # (N,), (N,)
+        tokens, token_logp = pick(logits)  # (N,), (N,)
         alive = ~finished
         ends = alive & (tokens == END_ID)
         grows = alive & ~ends & (t < max_len)  # at t == max_len a non-<end> word is not taken: unfinished
@@ -151,8 +151,8 @@ def greedy_decode(decoder: StepDecoder, image_embeds: Tensor, max_len: int = 20)
     """Most likely next word at every step, for B images at once; K = 1."""
     _check(1, max_len, 0.0, 1)
 
-    def most_likely(logits: Tensor, logp: Tensor) -> tuple[Tensor, Tensor]:
-        best_logp, tokens = logp.max(dim=-1)
+    def most_likely(logits: Tensor) -> tuple[Tensor, Tensor]:
+        best_logp, tokens = _log_probs(logits).max(dim=-1)
         return tokens, best_logp
 
     words, lengths, finished, log_probs = _rollout(decoder, image_embeds, max_len, most_likely)
@@ -174,9 +174,11 @@ def sample_captions(decoder: StepDecoder, image_embeds: Tensor, num_samples: int
     _check(1, max_len, 0.0, 1)
     B, K = image_embeds.shape[0], num_samples
 
-    def draw(logits: Tensor, logp_masked: Tensor) -> tuple[Tensor, Tensor]:
+    def draw(logits: Tensor) -> tuple[Tensor, Tensor]:
         logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V) with gradients, float32 under bf16 autocast
-        probs = logp_masked.detach().exp()  # <pad> and <start> have probability 0
+        probs = logp.detach().exp()
+        probs[:, PAD_ID] = 0.0  # never drawn; the log-probabilities stay those of the full softmax
+        probs[:, START_ID] = 0.0
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
         return tokens, logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
