@@ -1,4 +1,5 @@
-"""Flickr8k as a LightningDataModule: image/caption pairs for training, images with all references for eval.
+"""Flickr8k, Flickr30k or MS-COCO as a LightningDataModule: image/caption pairs for training, images with all
+references for eval (``CaptionDataModule``; ``Flickr8kDataModule`` is the same class under its first name).
 
 Self-critical training (``train_per_image``, linked from ``--model.scst``) trains on images instead: one
 sample per training image and epoch, carrying all its references; ``Batch.indices`` is then the image's
@@ -76,7 +77,7 @@ class CaptionDataset(Dataset):
 
     def __init__(self, names: Sequence[str], captions: dict[str, list[str]], vocab: Vocabulary, *,
                  per_caption: bool, max_len: int, features: FeatureTable | None = None,
-                 image_dir: Path | None = None, transform=None):
+                 image_dir: Path | None = None, subfolders: Mapping[str, str] | None = None, transform=None):
         self.names = list(names)
         self.references = [[tokenize(c) for c in captions[n]] for n in self.names]
         pairs = [(i, r) for i in range(len(self.names)) for r in range(len(captions[self.names[i]]))]
@@ -90,11 +91,16 @@ class CaptionDataset(Dataset):
         for row, ids in enumerate(encoded):
             self.captions[row, : len(ids)] = torch.tensor(ids)
         self.features, self.image_dir, self.transform = features, image_dir, transform
+        self.subfolders = {n: subfolders[n] for n in self.names if n in subfolders} if subfolders else {}
         if features is not None:
             self.feature_rows = torch.tensor([features.row[n] for n in self.names], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.image_of)
+
+    def image_path(self, i: int) -> Path:
+        name = self.names[i]
+        return self.image_dir / self.subfolders.get(name, "") / name
 
     def __getitem__(self, index: int | Sequence[int]) -> Batch:
         # A list of indices is a whole batch (``BucketBatchSampler`` yields batches to a loader without
@@ -109,7 +115,7 @@ class CaptionDataset(Dataset):
         if self.features is not None:
             images = self.features.features[self.feature_rows[self.image_of[idx]]]  # (B, D)
         else:
-            images = torch.stack([self.transform(load_rgb(self.image_dir / self.names[i])) for i in image_idx])
+            images = torch.stack([self.transform(load_rgb(self.image_path(i))) for i in image_idx])
         return Batch(images, captions, lengths, [self.references[i] for i in image_idx],
                      [self.names[i] for i in image_idx], idx)
 
@@ -119,6 +125,7 @@ class FeaturesOptionError(OptionError, DatasetError):
 
 
 Format = Literal["auto", "kaggle", "original", "karpathy"]
+DatasetName = Literal["auto", "flickr8k", "flickr30k", "coco"]
 Split = Literal["test", "val"]
 
 
@@ -131,12 +138,19 @@ def _passthrough(batch: Batch) -> Batch:
     return batch  # the dataset already returns a collated Batch
 
 
-class Flickr8kDataModule(L.LightningDataModule):
-    """Flickr8k (Kaggle, original or Karpathy layout) or the offline synthetic demo.
+class CaptionDataModule(L.LightningDataModule):
+    """Flickr8k (Kaggle, original or Karpathy layout), Flickr30k or MS-COCO (Karpathy's split), or the offline
+    synthetic demo.
 
     Args:
         root: folder holding the dataset (any published layout), or where the demo is generated.
         format: ``auto`` detects the layout from the files in ``root``.
+        dataset: which of Karpathy's files to read (``dataset_<name>.json``); ``auto`` takes the one in
+            ``root`` (its ``dataset`` field names it). The original and Kaggle layouts are Flickr8k's.
+        image_dir: the folder holding the images (for COCO: holding ``train2014/`` and ``val2014/``, or all
+            images in one folder), instead of looking for it in ``root``.
+        restval: COCO's ``restval`` images join train (Karpathy's convention: 113,287 train images); false
+            leaves them out (reported).
         batch_size: training batch size (captions per step; images per step with ``train_per_image``).
         bucket_by_length: training batches of captions of similar length (``showtell.batching``): about half
             the padded positions of random batches, same epoch content; the order is a function of
@@ -163,7 +177,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         progress: progress bars for one-time work (demo generation, image scan, feature extraction).
     """
 
-    def __init__(self, root: str = "data/flickr8k", format: Format = "auto",
+    def __init__(self, root: str = "data/flickr8k", format: Format = "auto", dataset: DatasetName = "auto",
+                 image_dir: str | None = None, restval: bool = True,
                  batch_size: int = 64, bucket_by_length: bool = True, train_per_image: bool = False,
                  shuffle_seed: int | None = None,
                  eval_batch_size: int | None = None, test_split: Split = "test",
@@ -195,9 +210,19 @@ class Flickr8kDataModule(L.LightningDataModule):
         opts = Options("data", options)
         opts.folder("root")
         opts.one_of("format", get_args(Format))
+        opts.one_of("dataset", get_args(DatasetName))
+        if options.get("format") in ("kaggle", "original") and options.get("dataset") in ("flickr30k", "coco"):
+            raise OptionError(f"--data.format {options['format']} is a Flickr8k layout, but --data.dataset "
+                              f"{options['dataset']} comes as Karpathy's dataset_{options['dataset']}.json: use "
+                              "--data.format karpathy or auto")
+        opts.folder("image_dir", optional=True)
+        image_dir = options.get("image_dir")
+        if image_dir is not None and not Path(image_dir).expanduser().is_dir():
+            raise OptionError(f"--data.image_dir {shown_path(image_dir)}: no such folder; give the folder holding "
+                              "the images, or leave it out to find it in --data.root")
         opts.positive_int("batch_size")
-        opts.boolean("bucket_by_length", "train_per_image", "augment", "cache_features", "frozen_encoder", "demo",
-                     "progress")
+        opts.boolean("restval", "bucket_by_length", "train_per_image", "augment", "cache_features", "frozen_encoder",
+                     "demo", "progress")
         opts.integer("shuffle_seed", optional=True)
         opts.positive_int("eval_batch_size", optional=True)
         opts.one_of("test_split", get_args(Split))
@@ -238,6 +263,11 @@ class Flickr8kDataModule(L.LightningDataModule):
         """D of a bring-your-own features file (the model then has no CNN), else None."""
         return self._user_features().dim if self.hparams.features else None
 
+    @property
+    def features_table(self) -> FeatureTable | None:
+        """The bring-your-own features (``--data.features``), else None."""
+        return self._user_features() if self.hparams.features else None
+
     # ----- corpus and features -----------------------------------------------------------------------------
     @property
     def corpus(self) -> CaptionCorpus:
@@ -251,12 +281,22 @@ class Flickr8kDataModule(L.LightningDataModule):
             from showtell.demo import generate_demo
             generate_demo(self.root, num_images=hp.demo_images, seed=hp.demo_seed,
                           image_size=hp.demo_image_size, progress=hp.progress)
-        corpus = load_corpus(self.root, hp.format, split_seed=hp.split_seed,
-                             require_images=not hp.features, progress=hp.progress)
+        corpus = load_corpus(self.root, hp.format, dataset=hp.dataset, image_dir=hp.image_dir, restval=hp.restval,
+                             split_seed=hp.split_seed, require_images=not hp.features, progress=hp.progress)
         self.report = corpus.report
         if hp.features:
             self._drop_images_without_features(corpus)
         return corpus
+
+    @property
+    def image_folder(self) -> Path | None:
+        """The folder holding the images (given as ``image_dir`` or found in ``root``; for COCO the one holding
+        ``train2014/`` and ``val2014/``). With bring-your-own ``features`` it may be None: no images needed."""
+        return self.corpus.image_dir
+
+    def image_path(self, name: str) -> Path | None:
+        """The image file of ``name`` (an image id of the corpus), or None when there is no image folder."""
+        return self.corpus.image_path(name) if self.corpus.image_dir is not None else None
 
     def _drop_images_without_features(self, corpus: CaptionCorpus) -> None:
         table = self._user_features()
@@ -318,7 +358,7 @@ class Flickr8kDataModule(L.LightningDataModule):
 
         def compute():
             backbone, _ = build_backbone(hp.encoder, hp.weights)
-            return extract_features(backbone, self.corpus.image_dir, names, transform,
+            return extract_features(backbone, [self.corpus.image_path(n) for n in names], transform,
                                     num_workers=hp.num_workers, progress=hp.progress)
 
         try:
@@ -351,7 +391,7 @@ class Flickr8kDataModule(L.LightningDataModule):
             self.datasets[split] = CaptionDataset(
                 corpus.splits[split], corpus.captions, vocab, max_len=hp.max_len,
                 per_caption=split == "train" and not hp.train_per_image,
-                features=features, image_dir=corpus.image_dir,
+                features=features, image_dir=corpus.image_dir, subfolders=corpus.subfolders,
                 transform=transform if split == "train" else eval_transform)
         if self.report.counts():
             _say(self.report.summary())
@@ -405,3 +445,6 @@ class Flickr8kDataModule(L.LightningDataModule):
     def eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or 4 * self.hparams.batch_size
 
+
+
+Flickr8kDataModule = CaptionDataModule  # the name configs, checkpoints' users and scripts already use

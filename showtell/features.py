@@ -153,14 +153,14 @@ def cache_key(names: Sequence[str], spec: dict) -> str:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, image_dir: Path, names: Sequence[str], transform):
-        self.image_dir, self.names, self.transform = image_dir, list(names), transform
+    def __init__(self, paths: Sequence[Path], transform):
+        self.paths, self.transform = list(paths), transform
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.paths)
 
     def __getitem__(self, i: int) -> Tensor:
-        return self.transform(load_rgb(self.image_dir / self.names[i]))
+        return self.transform(load_rgb(self.paths[i]))
 
 
 class ImageLoadError(DatasetError):
@@ -188,10 +188,10 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 @torch.inference_mode()
-def extract_features(backbone: nn.Module, image_dir: Path, names: Sequence[str], transform, *,
+def extract_features(backbone: nn.Module, paths: Sequence[Path], transform, *,
                      batch_size: int = 128, num_workers: int = 4, device: str | torch.device | None = None,
                      progress: bool = True) -> np.ndarray:
-    """Run ``backbone`` ((B,3,H,W) -> (B,D)) over every image once; returns (N, D) float16.
+    """Run ``backbone`` ((B,3,H,W) -> (B,D)) over the image files ``paths`` once; returns (N, D) float16.
 
     On a GPU: bf16 autocast and channels_last (the fast path for convolutions on tensor cores).
     """
@@ -200,11 +200,11 @@ def extract_features(backbone: nn.Module, image_dir: Path, names: Sequence[str],
     backbone = backbone.to(device).eval()
     if cuda:
         backbone = backbone.to(memory_format=torch.channels_last)
-    loader = DataLoader(_ImageFiles(image_dir, names, transform), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
     chunks = []
-    bar = tqdm(total=len(names), desc="extracting features", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(paths), desc="extracting features", unit="img", disable=not progress, leave=False)
     for images in loader:
         images = images.to(device, non_blocking=True)
         if cuda:

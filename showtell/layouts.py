@@ -1,22 +1,41 @@
-"""Writing datasets in the Kaggle Flickr8k layout, and the split facts its reader shares with the writers.
+"""Writing datasets in the Kaggle Flickr8k layout and in Karpathy's JSON, and the facts their reader shares.
+
+Kaggle Flickr8k::
 
     root/Images/...                              the image files
     root/captions.txt                            CSV ``image,caption``, one row per caption
     root/Flickr_8k.{train,dev,test}Images.txt    one image name per line (the official split files' names)
 
-``showtell.sources`` reads these files (and the other layouts); the synthetic datasets (``showtell.demo``) and
-the tests write them with the functions here, and ``write_dataset_folder`` puts a generated folder in place
-only once it is complete.
+Karpathy's split (``dataset_flickr8k.json``, ``dataset_flickr30k.json``, ``dataset_coco.json``; Karpathy &
+Fei-Fei 2015)::
+
+    {"images": [{"filepath": "val2014",            (COCO only: the image's folder)
+                 "filename": "COCO_val2014_000000391895.jpg", "imgid": 0,
+                 "split": "train" | "restval" | "val" | "test",
+                 "sentids": [0, 1, ...], "cocoid": 391895,  (COCO only)
+                 "sentences": [{"raw": "A man ...", "tokens": ["a", "man", ...], "imgid": 0, "sentid": 0}, ...]},
+                ...],
+     "dataset": "flickr8k" | "flickr30k" | "coco"}
+
+``showtell.sources`` reads these files (and the other layouts); the synthetic datasets (``showtell.demo``,
+``showtell.bench_setup``) and the tests write them with the functions here, and ``write_dataset_folder`` puts a
+generated folder in place only once it is complete. ``karpathy_from_original`` turns the original Flickr8k
+files (token file and split files) into Karpathy's JSON::
+
+    python -m showtell.layouts karpathy --root data/flickr8k --out data/flickr8k_karpathy/dataset_flickr8k.json
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +45,10 @@ SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages
                "test": "Flickr_8k.testImages.txt"}
 CAPTIONS_FILE = "captions.txt"
 IMAGE_DIR = "Images"
+KARPATHY_FILES = {"flickr8k": "dataset_flickr8k.json", "flickr30k": "dataset_flickr30k.json",
+                  "coco": "dataset_coco.json"}
+DATASETS = tuple(KARPATHY_FILES)
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
 
 
 def seeded_split(names: Iterable[str], seed: int, sizes: Mapping[str, int] | None = None) -> dict[str, list[str]]:
@@ -101,3 +124,88 @@ def write_dataset_folder(root: str | Path, write: Callable[[Path], None], marker
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # only left when interrupted or beaten to it
     return True
+
+
+# ------------------------------------------------------------------------------------------ Karpathy's JSON
+@dataclass
+class KarpathyImage:
+    """One entry of Karpathy's ``images`` list: an image, its split and its raw captions."""
+
+    filename: str
+    split: str  # train | restval | val | test
+    captions: Sequence[str]
+    filepath: str | None = None  # COCO: "train2014" or "val2014"
+    cocoid: int | None = None  # COCO's image id
+
+
+def karpathy_tokens(raw: str) -> list[str]:
+    """Tokens as Karpathy's files hold them: lowercased, punctuation removed."""
+    return "".join(c if c.isalnum() else " " for c in raw.lower()).split()
+
+
+def write_karpathy_json(path: str | Path, dataset: str, images: Iterable[KarpathyImage]) -> Path:
+    """Karpathy's JSON for ``images`` (in that order; ``imgid`` and ``sentid`` count up from 0), streamed to a
+    temporary file beside ``path`` and renamed into place, so a COCO-sized file never sits in memory and an
+    interrupted write never leaves a file that looks complete."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write('{"images": [')
+            sentid = 0
+            for imgid, image in enumerate(images):
+                if image.split not in KARPATHY_SPLITS:
+                    raise ValueError(f"{image.filename}: split {image.split!r} is not one of {KARPATHY_SPLITS}")
+                sentences = [{"tokens": karpathy_tokens(raw), "raw": raw, "imgid": imgid, "sentid": sentid + k}
+                             for k, raw in enumerate(image.captions)]
+                entry: dict[str, Any] = {}
+                if image.filepath is not None:
+                    entry["filepath"] = image.filepath
+                entry.update(sentids=[s["sentid"] for s in sentences], filename=image.filename, imgid=imgid,
+                             split=image.split, sentences=sentences)
+                if image.cocoid is not None:
+                    entry["cocoid"] = image.cocoid
+                f.write((", " if imgid else "") + json.dumps(entry))
+                sentid += len(sentences)
+            f.write(f'], "dataset": {json.dumps(dataset)}}}')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def karpathy_from_original(root: str | Path, out: str | Path) -> Path:
+    """Karpathy's ``dataset_flickr8k.json`` from the original Flickr8k files in ``root`` (``Flickr8k.token.txt``
+    and the three split files, found as ``showtell.sources`` finds them): every image of the official split
+    with all its token-file captions in file order ("dev" becomes "val"). Images in no split are left out (the
+    format has no "no split"); nothing else is cleaned, so reading either file gives the same corpus."""
+    from showtell.sources import original_files, read_caption_file  # sources reads what this module writes
+
+    token_file, split_names = original_files(root)
+    captions: dict[str, list[str]] = {}
+    for name, caption in read_caption_file(token_file):
+        captions.setdefault(name, []).append(caption)
+    images = (KarpathyImage(name, split, captions.get(name, ()))
+              for split, names in split_names.items() for name in names)
+    return write_karpathy_json(out, "flickr8k", images)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m showtell.layouts",
+                                     description="Convert dataset layouts.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    karpathy = commands.add_parser("karpathy", help="Karpathy's dataset_flickr8k.json from the original files")
+    karpathy.add_argument("--root", required=True, help="folder with Flickr8k.token.txt and the split files")
+    karpathy.add_argument("--out", required=True, help="the JSON file to write (dataset_flickr8k.json)")
+    args = parser.parse_args(argv)
+    path = karpathy_from_original(args.root, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

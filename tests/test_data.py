@@ -195,3 +195,30 @@ def test_augment_and_finetune_switch_back_to_images(demo_root, tmp_path, capsys)
     dm = _dm(demo_root, tmp_path, frozen_encoder=False)
     assert not dm.uses_cache and dm.datasets["train"].features is None
     assert "fine-tuned" in capsys.readouterr().out
+
+
+def test_image_dir_option_and_image_folder(demo_root, tmp_path):
+    from showtell.options import OptionError
+
+    root = tmp_path / "captions_only"
+    root.mkdir()
+    for path in demo_root.iterdir():
+        if path.is_file():
+            shutil.copy(path, root / path.name)
+    elsewhere = tmp_path / "pictures"
+    shutil.copytree(demo_root / "Images", elsewhere)
+    dm = _dm(root, tmp_path, image_dir=str(elsewhere), cache_features=False)
+    assert dm.image_folder == elsewhere
+    name = dm.datasets["val"].names[0]
+    assert dm.image_path(name) == elsewhere / name and dm.image_path(name).is_file()
+    assert dm.datasets["val"].__getitems__([0]).images.shape == (1, 3, 64, 64)  # read from the given folder
+    assert _dm(demo_root, tmp_path).image_folder == demo_root / "Images"  # found in root
+    with pytest.raises(OptionError, match=r"^--data.image_dir .*nowhere: no such folder"):
+        Flickr8kDataModule(root=str(root), image_dir=str(tmp_path / "nowhere"))
+    # bring-your-own features: the image folder when there is one, else None (never an error)
+    names = sorted(p.name for p in elsewhere.iterdir())
+    save_features(tmp_path / "f.npz", names, np.zeros((len(names), 8), np.float16))
+    assert _dm(root, tmp_path, features=str(tmp_path / "f.npz")).image_folder is None
+    assert _dm(demo_root, tmp_path, features=str(tmp_path / "f.npz")).image_folder == demo_root / "Images"
+    with_dir = _dm(root, tmp_path, features=str(tmp_path / "f.npz"), image_dir=str(elsewhere))
+    assert with_dir.image_folder == elsewhere and with_dir.image_path(name) == elsewhere / name

@@ -103,7 +103,7 @@ def test_kaggle_csv_quoting_written_by_hand(tmp_path):
         'a.jpg,A dog, unquoted comma\n'          # 3 columns: malformed, line 6
         '\n'
         'a.jpg,Last one .\n')
-    captions = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport())[0]
+    captions = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
     assert [c for _, c in captions] == ["A dog runs .", "A dog, brown, runs .", 'A sign says "stop" .',
                                         'He said "hi, you" , then left .', "Last one ."]
     assert report.names(MALFORMED_LINE) == ["captions.txt line 6"]
@@ -111,7 +111,7 @@ def test_kaggle_csv_quoting_written_by_hand(tmp_path):
 
 def test_kaggle_unclosed_quote_is_reported_not_swallowed(tmp_path):
     (tmp_path / "captions.txt").write_text('image,caption\na.jpg,"Open quote .\nb.jpg,Fine .\nc.jpg,Ok .\n')
-    entries, _ = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport())
+    entries = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
     assert entries == [] and report.names(MALFORMED_LINE) == ["captions.txt line 2-4"]
 
 
@@ -170,7 +170,7 @@ def test_one_caption_file_read_on_its_own(tmp_path, layout, caption_file):
 
 def test_read_caption_file_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DatasetError, match="not a Flickr8k caption file"):
+    with pytest.raises(DatasetError, match="not a caption file"):
         read_caption_file(tmp_path / "notes.txt")
     with pytest.raises(DatasetError, match="does not exist"):
         read_caption_file(tmp_path / "captions.txt")
@@ -329,7 +329,7 @@ def test_no_dataset_gives_one_helpful_error(tmp_path, case):
         root.rmdir()
         root.write_text("not a folder")
     with pytest.raises(DatasetError, match={"missing": "does not exist", "empty": "is empty",
-                                            "unrecognised": "no Flickr8k caption file",
+                                            "unrecognised": "no caption file",
                                             "file": "not a folder"}[case]) as info:
         load_corpus(root)
     _assert_helpful(str(info.value))
