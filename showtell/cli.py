@@ -95,6 +95,10 @@ class ShowTellCLI(LightningCLI):
         # Every option checked before anything is read, generated or extracted (one OptionError line).
         ShowTellModule.check_options(config.model.as_dict())
         Flickr8kDataModule.check_options(config.data.as_dict())
+        if config.model.get("attach_encoder") and not config.data.get("features"):
+            raise OptionError("--model.attach_encoder true declares the encoder behind --data.features, which is "
+                              "not set; give the features file, or drop attach_encoder (a model trained on "
+                              "images has its CNN already)")
         trainer = config.trainer
         check_trainer_options(trainer.max_epochs, gradient_clip_val=trainer.gradient_clip_val,
                               log_every_n_steps=trainer.log_every_n_steps,

@@ -7,13 +7,16 @@ Follows Show and Tell / im2txt:
   "lessons learned" +1 BLEU-4); ``unfreeze()`` starts that second phase.
 
 Deviations / additions:
-- any backbone from ``BACKBONES`` (the paper used GoogLeNet / Inception v3; Tanti et al. 2018 used VGG16 fc7);
+- any backbone from ``BACKBONES`` (the paper used GoogLeNet / Inception v3; Tanti et al. 2018 used VGG16 fc7),
+  or any timm model as ``timm/<model name>`` (``showtell.timm_backbones``, an optional extra);
 - a frozen backbone stays in eval mode even when the parent module is put in train mode, so its BatchNorm
   statistics and dropout never change (im2txt does the same with ``is_training=False`` for a frozen CNN);
 - the embedding keeps PyTorch's default Linear initialisation (im2txt: uniform(-0.08, 0.08));
-- ``feature_dim`` builds an encoder without CNN that embeds precomputed (cached) features.
+- ``feature_dim`` builds an encoder without CNN that embeds precomputed (cached) features; with ``attach``
+  the declared CNN is built as well (frozen), so a model trained on a features file can caption images.
 
-Preprocessing (resize, crop, mean, std) comes from the torchvision weights it belongs to (``preprocess_for``).
+Preprocessing (resize, crop, mean, std) comes from the torchvision weights it belongs to, or from the timm
+model's pretrained configuration (``preprocess_for``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
+from showtell import timm_backbones
 from showtell.options import OptionError, Options, shown_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,24 +62,29 @@ class Preprocess:
 def preprocess_for(name: str, weights: str | None, image_size: int | None = None) -> Preprocess:
     """Preprocessing for backbone ``name`` with ``weights`` (a torchvision weights name, None or a file path).
 
+    timm models (``timm/...``): from the model's pretrained configuration, whatever the weights.
     ``image_size`` overrides the crop size; the resize is then ``round(image_size * 256 / 224)``.
     """
-    _spec(name)
-    resolved = _resolve_weights(name, weights)
-    if isinstance(resolved, WeightsEnum):
-        t = resolved.transforms()
-        pre = Preprocess(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), mean=tuple(t.mean),
-                         std=tuple(t.std), interpolation=t.interpolation.value)
-    elif name == "inception_v3":
-        pre = Preprocess(resize=342, crop=299)
-    else:
-        pre = Preprocess(resize=256, crop=224)
+    pre = Preprocess(**timm_backbones.preprocess_values(name)) if timm_backbones.is_timm(name) \
+        else _torchvision_preprocess(name, weights)
     if image_size is not None:
         if image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         pre = Preprocess(resize=round(image_size * 256 / 224), crop=image_size, mean=pre.mean, std=pre.std,
                          interpolation=pre.interpolation)
     return pre
+
+
+def _torchvision_preprocess(name: str, weights: str | None) -> Preprocess:
+    _spec(name)
+    resolved = _resolve_weights(name, weights)
+    if isinstance(resolved, WeightsEnum):
+        t = resolved.transforms()
+        return Preprocess(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), mean=tuple(t.mean),
+                          std=tuple(t.std), interpolation=t.interpolation.value)
+    if name == "inception_v3":
+        return Preprocess(resize=342, crop=299)
+    return Preprocess(resize=256, crop=224)
 
 
 # ------------------------------------------------------------------------------------------------- backbones
@@ -170,8 +179,9 @@ def is_weights_path(weights: str | os.PathLike) -> bool:
 
 
 def weights_file_problem(name: str, path: Path) -> str | None:
-    """What makes ``path`` unusable as weights of backbone ``name``, or None. Cheap: the file is memory-mapped
-    (no tensor data is read) and its names and shapes are compared with the model built on the meta device."""
+    """What makes ``path`` unusable as weights of backbone ``name`` (torchvision or ``timm/...``), or None.
+    Cheap: the file is memory-mapped (no tensor data is read) and its names and shapes are compared with the
+    model built on the meta device."""
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -182,6 +192,8 @@ def weights_file_problem(name: str, path: Path) -> str | None:
         return f"cannot be read as a PyTorch state_dict ({type(err).__name__}: {first})"
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         return f"holds a {type(state).__name__}, expected a state_dict (parameter name -> tensor)"
+    if timm_backbones.is_timm(name):
+        return timm_backbones.weights_file_problem(name, state)
     spec = _spec(name)
     with torch.device("meta"):
         model = get_model(name, weights=None, **dict(spec.kwargs))
@@ -201,15 +213,26 @@ def weights_file_problem(name: str, path: Path) -> str | None:
 
 
 def check_encoder_options(opts: Options) -> None:
-    """``encoder`` is one of ``BACKBONES``; ``weights`` is null, a torchvision weights name of that backbone, or
-    a readable local state_dict that fits it (checked without reading its tensors)."""
-    opts.one_of("encoder", BACKBONES)
+    """``encoder`` is one of ``BACKBONES`` or ``timm/<model>`` (timm installed, a known model); ``weights`` is
+    null, a weights name of that backbone (timm: ``DEFAULT``), or a readable local state_dict that fits it
+    (checked without reading its tensors)."""
+    name = opts.values.get("encoder", "resnet50")
+    if timm_backbones.is_timm(name):
+        try:
+            problem = timm_backbones.unknown_model_problem(name)
+        except timm_backbones.TimmUnavailableError as err:
+            raise OptionError(f"{opts.name('encoder')} {name}: {err}") from None
+        if problem:
+            raise OptionError(f"{opts.name('encoder')} {name}: {problem}")
+        names = ("DEFAULT",)
+        allowed = f"DEFAULT (timm's pretrained download), a .pth/.pt state_dict of timm {name[5:]}"
+    else:
+        opts.one_of("encoder", BACKBONES)
+        names = tuple(get_model_weights(name).__members__)
+        allowed = f"a torchvision weights name for {name} ({', '.join(names)}), a .pth/.pt file"
     weights = opts.values.get("weights")
     if weights is None:
         return
-    name = opts.values["encoder"]
-    names = tuple(get_model_weights(name).__members__)
-    allowed = f"a torchvision weights name for {name} ({', '.join(names)}), a .pth/.pt file"
     if not isinstance(weights, (str, os.PathLike)):
         opts.fail("weights", allowed, optional=True)
     if isinstance(weights, str) and weights in names:
@@ -274,7 +297,10 @@ def build_backbone(name: str, weights: str | Path | None = "DEFAULT") -> tuple[n
 
     ``weights``: a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...), a local ``.pth``/``.pt``
     state_dict of the full torchvision model (or of the cut backbone), or None for random initialisation.
+    ``timm/<model>``: see ``showtell.timm_backbones.build_timm_backbone``.
     """
+    if timm_backbones.is_timm(name):
+        return timm_backbones.build_timm_backbone(name, weights, RANDOM_INIT_SEED)
     spec = _spec(name)
     resolved = _resolve_weights(name, weights)
     kwargs = dict(spec.kwargs)
@@ -302,14 +328,19 @@ class ImageEncoder(nn.Module):
     """Frozen-by-default backbone + Linear image embedding: (B, 3, H, W) or (B, D) -> (B, E)."""
 
     def __init__(self, name: str = "resnet50", weights: str | None = "DEFAULT", embed_size: int = 512,
-                 frozen: bool = True, feature_dim: int | None = None, feature_norm: bool = False):
+                 frozen: bool = True, feature_dim: int | None = None, feature_norm: bool = False,
+                 attach: bool = False):
         super().__init__()
         self.name = name
-        if feature_dim is None:
+        if feature_dim is not None and feature_dim < 1:
+            raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        if feature_dim is None or attach:
             self.backbone, self.num_features = build_backbone(name, weights)
+            if feature_dim is not None and feature_dim != self.num_features:
+                raise OptionError(f"--model.attach_encoder: {name} gives {self.num_features}-d features but "
+                                  f"--data.features holds {feature_dim}-d ones; declare the encoder that made "
+                                  "the file (--model.encoder, --model.weights)")
         else:  # precomputed features are fed: no CNN at all
-            if feature_dim < 1:
-                raise ValueError(f"feature_dim must be positive, got {feature_dim}")
             self.backbone, self.num_features = None, feature_dim
         self.embed_size = embed_size
         # Optional (not in the paper): BatchNorm over the pooled features before the embedding. Pretrained

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from showtell.attach import check_reproduces
 from showtell.checkpoints import read_checkpoint
-from showtell.data import Batch
+from showtell.data import Batch, image_transform
 from showtell.decoder import CaptionDecoder
 from showtell.decoding import Decoded, decode, greedy_decode, sample_captions
-from showtell.encoder import ImageEncoder, check_encoder_options
+from showtell.encoder import ImageEncoder, check_encoder_options, preprocess_for
 from showtell.metrics import CorpusBLEU
 from showtell.options import OptionError, Options, shown_path
 from showtell.outputs import TestOutputWriter, gather_records
@@ -98,9 +99,14 @@ class ShowTellModule(L.LightningModule):
 
     Args:
         vocab_size: linked from the data module (``data.vocab_size``); never set by hand.
-        feature_dim: linked from the data module: the size of bring-your-own features (then no CNN is built).
-        encoder: torchvision backbone name (``showtell.encoder.BACKBONES``).
-        weights: torchvision weights name (``DEFAULT`` = ImageNet), ``null`` (random init) or a local file.
+        feature_dim: linked from the data module: the size of bring-your-own features (then no CNN is built,
+            unless ``attach_encoder``).
+        encoder: torchvision backbone name (``showtell.encoder.BACKBONES``) or ``timm/<model>`` (timm extra).
+        weights: torchvision weights name (``DEFAULT`` = ImageNet; timm: its pretrained download), ``null``
+            (random init) or a local state-dict file.
+        attach_encoder: with bring-your-own features, build the declared (frozen) encoder into the model too,
+            so the checkpoint captions images; training still reads the features file. At fit setup the
+            encoder must reproduce the file's rows on up to 16 of the dataset's images (``showtell.attach``).
         feature_norm: BatchNorm on the pooled CNN features before the image embedding (not in the paper;
             helps a random, untrained CNN as in the offline demo).
         embed_size, hidden_size, num_layers, dropout: decoder sizes (paper / im2txt: 512, 512, 1, 0.3).
@@ -124,7 +130,8 @@ class ShowTellModule(L.LightningModule):
     """
 
     def __init__(self, vocab_size: int = 0, feature_dim: int | None = None, encoder: str = "resnet50",
-                 weights: str | None = "DEFAULT", feature_norm: bool = False, embed_size: int = 512,
+                 weights: str | None = "DEFAULT", attach_encoder: bool = False, feature_norm: bool = False,
+                 embed_size: int = 512,
                  hidden_size: int = 512,
                  num_layers: int = 1, dropout: float = 0.3,
                  conditioning: Conditioning = "pre", uniform_init: float | None = 0.08,
@@ -144,7 +151,8 @@ class ShowTellModule(L.LightningModule):
         loading = _LOADING_CHECKPOINT.get()
         self.check_options({**self.hparams, "weights": None, "init_from": None} if loading else self.hparams)
         self.encoder = ImageEncoder(encoder, None if _LOADING_CHECKPOINT.get() else weights, embed_size,
-                                    frozen=True, feature_dim=feature_dim, feature_norm=feature_norm)
+                                    frozen=True, feature_dim=feature_dim, feature_norm=feature_norm,
+                                    attach=attach_encoder)
         self.decoder = CaptionDecoder(vocab_size, embed_size, hidden_size, num_layers, dropout, conditioning,
                                       uniform_init)
         self.vocab: Vocabulary | None = None  # set from the data module at setup, or from a checkpoint
@@ -153,6 +161,7 @@ class ShowTellModule(L.LightningModule):
         self.val_samples: list[dict[str, Any]] = []
         self._val_records: list[dict[str, Any]] = []  # this epoch's validation captions, for CIDEr-D
         self._init_pending = init_from is not None and not loading  # weights loaded at the first fit's setup
+        self._attach_pending = attach_encoder and feature_dim is not None and not loading  # checked at fit setup
         self._reward: CiderReward | None = None  # SCST: CIDEr-D against the training references, built at setup
 
     @staticmethod
@@ -163,7 +172,7 @@ class ShowTellModule(L.LightningModule):
         opts = Options("model", options)
         opts.positive_int("feature_dim", optional=True)
         check_encoder_options(opts)
-        opts.boolean("feature_norm")
+        opts.boolean("attach_encoder", "feature_norm")
         opts.positive_int("embed_size", "hidden_size", "num_layers")
         opts.fraction("dropout")
         opts.one_of("conditioning", get_args(Conditioning))
@@ -378,11 +387,34 @@ class ShowTellModule(L.LightningModule):
                              f"{self.hparams.vocab_size}")
         if stage != "fit":
             return
+        if self._attach_pending:
+            self._check_attached_encoder(datamodule)
+            self._attach_pending = False
         if self._init_pending:  # before a resumed fit restores its own checkpoint, which then wins
             self.load_weights_from(self.hparams.init_from)
             self._init_pending = False
         if self.hparams.scst and self._reward is None:
             self._reward = self._training_reward(datamodule)
+
+    def _check_attached_encoder(self, datamodule: Any) -> None:
+        """The attached encoder must compute the features file's rows from the dataset's images (one line)."""
+        hp = self.hparams
+        table = getattr(datamodule, "features_table", None)
+        if table is None:
+            raise OptionError("--model.attach_encoder true needs --data.features (the file the encoder is declared "
+                              "to have made)")
+        preprocess = preprocess_for(hp.encoder, hp.weights, None)
+        image_size = datamodule.hparams.get("image_size")
+        transform = image_transform(preprocess, image_size, augment=False)
+        shape = f"{image_size}x{image_size} whole image" if image_size else f"resize {preprocess.resize}, " \
+            f"crop {preprocess.crop}"
+        line = check_reproduces(self.encoder.backbone, table, getattr(datamodule, "image_folder", None), transform,
+                                encoder=hp.encoder, weights=hp.weights, features_path=datamodule.hparams.features,
+                                preprocessing=f"{shape}, {preprocess.interpolation}, mean {preprocess.mean}, "
+                                              f"std {preprocess.std}")
+        trainer = self.attached_trainer()
+        if trainer is None or trainer.is_global_zero:
+            print(line, flush=True)
 
     def load_weights_from(self, path: str) -> None:
         """Copy the weights of a train.py checkpoint into this model (not its optimizer, epoch or RNG states);
