@@ -28,47 +28,52 @@ class AttachError(OptionError):
     """The declared encoder does not reproduce the features file."""
 
 
-def _checkable(table: FeatureTable, image_dir: Path, limit: int) -> list[str]:
-    """Up to ``limit`` names of the file (sorted) whose image is in ``image_dir``."""
-    found: list[str] = []
+ImagePath = Callable[[str], "Path | None"]  # image name -> its file (None: unknown)
+
+
+def _checkable(table: FeatureTable, image_path: ImagePath, limit: int) -> list[Path]:
+    """Up to ``limit`` image files of the file's names (sorted) that exist."""
+    found: list[Path] = []
     for name in sorted(table.row):
-        if (image_dir / name).is_file():
-            found.append(name)
+        path = image_path(name)
+        if path is not None and path.is_file():
+            found.append(path)
             if len(found) == limit:
                 break
     return found
 
 
 @torch.no_grad()
-def feature_similarity(backbone: nn.Module, table: FeatureTable, image_dir: Path, names: list[str],
+def feature_similarity(backbone: nn.Module, table: FeatureTable, paths: list[Path],
                        transform: Callable[[Image.Image], Tensor]) -> Tensor:
-    """Cosine similarity (N,) of ``backbone``'s pooled features and the file's rows, for images ``names``."""
+    """Cosine similarity (N,) of ``backbone``'s pooled features and the file's rows (named by file name)."""
     was_training = backbone.training
     backbone.eval()
     try:
-        pixels = torch.stack([transform(load_rgb(image_dir / n)) for n in names])  # (N, 3, H, W)
+        pixels = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
         device = next(backbone.parameters()).device
         ours = backbone(pixels.to(device)).float().cpu()  # (N, D)
     finally:
         backbone.train(was_training)
-    rows = [table.row[n] for n in names]
+    rows = [table.row[p.name] for p in paths]
     theirs = torch.as_tensor(np.asarray(table.features[rows])).float()  # (N, D); a tensor or a memory map
     return torch.nn.functional.cosine_similarity(ours, theirs, dim=1)
 
 
-def check_reproduces(backbone: nn.Module, table: FeatureTable, image_dir: Path | None,
+def check_reproduces(backbone: nn.Module, table: FeatureTable, image_dir: Path | None, image_path: ImagePath,
                      transform: Callable[[Image.Image], Tensor], *, encoder: str, weights: object,
                      features_path: str, preprocessing: str, limit: int = MAX_IMAGES) -> str:
     """One line saying what was checked (or why it was skipped); ``AttachError`` (one line) when the encoder's
-    features differ from the file's on any checked image."""
+    features differ from the file's on any checked image. ``image_path`` maps a row's name to its image file
+    (in ``image_dir``, the dataset's image folder, or None when there is none)."""
     if image_dir is None or not image_dir.is_dir():
         return (f"attach_encoder: no image folder found, so it was NOT checked that {encoder} reproduces "
                 f"{shown_path(features_path)} (give --data.image_dir to check)")
-    names = _checkable(table, image_dir, limit)
+    names = _checkable(table, image_path, limit)
     if not names:
         return (f"attach_encoder: none of the images of {shown_path(features_path)} is in {image_dir}, so it was "
                 f"NOT checked that {encoder} reproduces the file")
-    cosine = feature_similarity(backbone, table, image_dir, names, transform)
+    cosine = feature_similarity(backbone, table, names, transform)
     bad = int((cosine < MIN_COSINE).sum())
     if bad:
         raise AttachError(

@@ -408,7 +408,8 @@ class ShowTellModule(L.LightningModule):
         transform = image_transform(preprocess, image_size, augment=False)
         shape = f"{image_size}x{image_size} whole image" if image_size else f"resize {preprocess.resize}, " \
             f"crop {preprocess.crop}"
-        line = check_reproduces(self.encoder.backbone, table, getattr(datamodule, "image_folder", None), transform,
+        line = check_reproduces(self.encoder.backbone, table, datamodule.image_folder, datamodule.image_path,
+                                transform,
                                 encoder=hp.encoder, weights=hp.weights, features_path=datamodule.hparams.features,
                                 preprocessing=f"{shape}, {preprocess.interpolation}, mean {preprocess.mean}, "
                                               f"std {preprocess.std}")
