@@ -2,6 +2,7 @@
 
     python -m showtell.caption --ckpt CKPT IMAGE [IMAGE ...] [--beam_size 3] [--top_k K] [--max_len N]
                                [--device auto|cpu|cuda] [--batch_size 32] [--json]
+                               [--references CAPTION_FILE] [--gallery OUT.png [--columns 4]]
 
 Any image PIL reads (JPEG, PNG, grayscale, CMYK, RGBA, ...) is converted to RGB and preprocessed exactly as
 evaluation does in training: ``showtell.data.image_transform`` with the model's encoder weights and the
@@ -13,8 +14,14 @@ checkpoint's ``data.image_size``, no augmentation. Images are decoded in batches
 - ``--json``: one JSON object per line, ``{"path", "caption"}`` plus, with K > 1,
   ``"captions": [{"caption", "log_prob"}, ...]`` best first.
 
+``--references FILE`` (a caption file of any layout showtell reads: ``Flickr8k.token.txt``, ``captions.txt``,
+``dataset_*.json``) adds each image's human captions, found by file name: ``"references"`` in the JSON lines,
+which ``python -m showtell.evaluate --captions`` then scores, and one reference per photo in the gallery.
+``--gallery OUT.png`` also writes a contact sheet of the photos with their captions (``showtell.gallery``).
+
 An unreadable file gets ``caption: PATH: reason`` on stderr and exit code 1, the other images are still
-captioned. A bad checkpoint, or one trained on precomputed features (it has no CNN): one line, exit code 2.
+captioned. A bad checkpoint, or one trained on precomputed features without ``--model.attach_encoder`` (it
+has no CNN): one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from showtell.data import image_transform
 from showtell.encoder import preprocess_for
 from showtell.evaluate import EvaluationError, load_model
 from showtell.features import ImageLoadError, load_rgb
+from showtell.gallery import GalleryError, GalleryItem, write_gallery
 from showtell.module import ShowTellModule
+from showtell.sources import DatasetError, read_caption_file
 
 Ranked = list[tuple[str, float]]  # (caption, log-probability), best first
 
@@ -54,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch_size", type=int, default=32, help="images decoded at once")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--references", metavar="CAPTION_FILE", default=None,
+                        help="a caption file (Flickr8k.token.txt, captions.txt, dataset_*.json): add each image's "
+                             "human captions (JSON 'references', for showtell.evaluate --captions)")
+    parser.add_argument("--gallery", metavar="OUT.png", default=None,
+                        help="also write the photos with their captions as a grid image (png, jpg, pdf, svg)")
+    parser.add_argument("--columns", type=int, default=4, help="photos per gallery row; default 4")
     return parser
 
 
@@ -105,12 +120,15 @@ def caption_files(model: ShowTellModule, paths: Sequence[str], transform: Callab
             yield path, errors[i] if i in errors else ranked[i]
 
 
-def format_result(path: str, ranked: Ranked, top_k: int, as_json: bool) -> str:
+def format_result(path: str, ranked: Ranked, top_k: int, as_json: bool,
+                  references: list[str] | None = None) -> str:
     best = ranked[0][0] if ranked else ""
     if as_json:
         record: dict = {"path": path, "caption": best}
         if top_k > 1:
             record["captions"] = [{"caption": c, "log_prob": lp} for c, lp in ranked]
+        if references:
+            record["references"] = references
         return json.dumps(record)
     if top_k == 1:
         return f"{path}\t{best}"
@@ -126,10 +144,31 @@ def _device(name: str) -> torch.device:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    for flag in ("beam_size", "top_k", "batch_size", "max_len"):
+    for flag in ("beam_size", "top_k", "batch_size", "max_len", "columns"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise EvaluationError(f"--{flag} must be at least 1, got {value}")
+    if args.gallery is not None:
+        gallery = Path(args.gallery)
+        if gallery.suffix.lower() not in GALLERY_SUFFIXES:
+            raise EvaluationError(f"--gallery {gallery}: name a {', '.join(GALLERY_SUFFIXES)} file")
+        if not gallery.parent.is_dir():
+            raise EvaluationError(f"--gallery {gallery}: folder {gallery.parent} does not exist")
+
+
+GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def read_references(path: str) -> dict[str, list[str]]:
+    """Image file name -> its human captions, from a caption file of any layout."""
+    try:
+        entries = read_caption_file(path)
+    except DatasetError as err:
+        raise EvaluationError(f"--references: {err}") from None
+    references: dict[str, list[str]] = {}
+    for name, caption in entries:
+        references.setdefault(Path(name).name, []).append(caption)
+    return references
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         device = _device(args.device)
         model, data_hparams = load_model(args.ckpt)
         if model.encoder.backbone is None:
-            raise EvaluationError(f"checkpoint {args.ckpt} was trained on precomputed features (data.features), "
-                                  "so it has no CNN to read images with; use a checkpoint trained on images")
+            raise EvaluationError(f"checkpoint {args.ckpt} was trained on precomputed features (data.features) "
+                                  "without --model.attach_encoder, so it has no CNN to read images with; use a "
+                                  "checkpoint trained on images or with an attached encoder")
         transform = eval_transform(model, data_hparams)
+        references = read_references(args.references) if args.references else {}
     except ValueError as err:  # EvaluationError, or unknown encoder weights in the checkpoint
         print(f"caption: {err}", file=sys.stderr)
         return 2
@@ -153,12 +194,26 @@ def main(argv: list[str] | None = None) -> int:
     results = caption_files(model, args.images, transform, beam_size=max(args.beam_size, args.top_k),
                             top_k=args.top_k, max_len=args.max_len, batch_size=args.batch_size, device=device)
     failed = 0
+    gallery: list[GalleryItem] = []
     for path, result in results:
         if isinstance(result, ImageReadError):
             print(f"caption: {path}: {result}", file=sys.stderr, flush=True)
             failed += 1
-        else:
-            print(format_result(path, result, args.top_k, args.json), flush=True)
+            continue
+        refs = references.get(Path(path).name)
+        if args.references and not refs:
+            print(f"caption: {path}: no references in {args.references} (no 'references' in its line)",
+                  file=sys.stderr, flush=True)
+        print(format_result(path, result, args.top_k, args.json, refs), flush=True)
+        gallery.append(GalleryItem(path, result, refs[0] if refs else None))
+    if args.gallery is not None and gallery:
+        try:
+            written = write_gallery(args.gallery, gallery, top_k=args.top_k, columns=args.columns,
+                                    title=f"{Path(args.ckpt).name}, beam {max(args.beam_size, args.top_k)}")
+        except GalleryError as err:
+            print(f"caption: {err}", file=sys.stderr)
+            return 2
+        print(f"gallery: {written} ({len(gallery)} images)", file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
