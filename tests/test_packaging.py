@@ -19,7 +19,8 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["eval"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["eval"]) | set(extras["timm"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     pinned = {r for r in pip_section if not r.startswith("-e")}
