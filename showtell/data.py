@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -38,7 +39,7 @@ from showtell.features import (
 )
 from showtell.options import OptionError, Options, shown_path
 from showtell.sources import CaptionCorpus, DatasetError, SkipReport, load_corpus
-from showtell.vocab import PAD_ID, Vocabulary, tokenize
+from showtell.vocab import END_ID, PAD_ID, START_ID, Vocabulary, normalized, word_counts
 
 
 class Batch(NamedTuple):
@@ -68,39 +69,74 @@ def image_transform(preprocess, image_size: int | None, augment: bool) -> T.Comp
     return T.Compose([*geometry, T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)])
 
 
+class References(Sequence):
+    """Per image, its reference captions as token lists (``references[i]``), split on access from one
+    ``normalized`` string per caption: a COCO-sized training split keeps 566,737 strings instead of ~6 million
+    token strings, and a batch splits its own few hundred in well under a millisecond."""
+
+    def __init__(self, texts: list[str], counts: Sequence[int]):
+        self.texts = texts  # every caption, image after image
+        self._counts = list(counts)
+        self._first = [0, *np.cumsum(self._counts)[:-1].tolist()] if self._counts else []
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        start = self._first[i]
+        return [text.split() for text in self.texts[start:start + self._counts[i]]]
+
+
 class CaptionDataset(Dataset):
     """Train (``per_caption``): one sample per (image, caption). Eval and self-critical training: one sample
     per image (index = image), all references, the first one as its caption.
 
-    Captions are encoded once into a padded (N, T) tensor; ``__getitems__`` returns a whole ``Batch``.
+    Captions are tokenized and encoded once for all (``showtell.vocab.normalized``, ``Vocabulary.encode_many``)
+    into one flat array of word ids; ``__getitems__`` pads a batch's captions and returns a whole ``Batch``.
     """
 
     def __init__(self, names: Sequence[str], captions: dict[str, list[str]], vocab: Vocabulary, *,
                  per_caption: bool, max_len: int, features: FeatureTable | None = None,
-                 image_dir: Path | None = None, subfolders: Mapping[str, str] | None = None, transform=None):
+                 image_dir: Path | None = None, subfolders: Mapping[str, str] | None = None, transform=None,
+                 texts: Mapping[str, list[str]] | None = None):
         self.names = list(names)
-        self.references = [[tokenize(c) for c in captions[n]] for n in self.names]
-        pairs = [(i, r) for i in range(len(self.names)) for r in range(len(captions[self.names[i]]))]
-        if not per_caption:
-            pairs = [(i, 0) for i in range(len(self.names))]  # eval: loss on the first reference
-        encoded = [vocab.encode(self.references[i][r][:max_len]) for i, r in pairs]
-        self.truncated = sum(len(self.references[i][r]) > max_len for i, r in pairs)
-        self.image_of = torch.tensor([i for i, _ in pairs], dtype=torch.long)  # (N,)
-        self.lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)  # (N,)
-        self.captions = torch.full((len(encoded), int(self.lengths.max())), PAD_ID, dtype=torch.long)  # (N, T)
-        for row, ids in enumerate(encoded):
-            self.captions[row, : len(ids)] = torch.tensor(ids)
+        per_image = [captions[n] for n in self.names]
+        counts = np.fromiter(map(len, per_image), dtype=np.int64, count=len(per_image))
+        if texts is None or not all(n in texts for n in self.names):
+            flat = normalized([c for caps in per_image for c in caps])
+        else:  # the corpus's own, normalized once when it was read
+            flat = [t for n in self.names for t in texts[n]]
+        self.references = References(flat, counts)
+        if per_caption:
+            self._image_of = np.repeat(np.arange(len(counts)), counts)  # (N,)
+            texts = self.references.texts
+        else:  # eval: loss on the first reference
+            self._image_of = np.arange(len(counts))
+            texts = [self.references.texts[first] for first in self.references._first]
+        self._words, words_per_caption = vocab.encode_many(texts)  # flat word ids, words of each caption
+        self._starts = np.concatenate([[0], np.cumsum(words_per_caption)[:-1]]).astype(np.int64)  # (N,)
+        self.truncated = int((words_per_caption > max_len).sum())
+        self._kept = np.minimum(words_per_caption, max_len)  # (N,) words used of each caption
+        self.lengths = torch.from_numpy(self._kept + 2)  # (N,) tokens with <start> and <end>
+        self.image_of = torch.from_numpy(self._image_of)
         self.features, self.image_dir, self.transform = features, image_dir, transform
         self.subfolders = {n: subfolders[n] for n in self.names if n in subfolders} if subfolders else {}
         if features is not None:
-            self.feature_rows = torch.tensor([features.row[n] for n in self.names], dtype=torch.long)
+            self.feature_rows = np.array([features.row[n] for n in self.names], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.image_of)
+        return len(self._image_of)
 
     def image_path(self, i: int) -> Path:
         name = self.names[i]
         return self.image_dir / self.subfolders.get(name, "") / name
+
+    def unknown_words(self, vocab: Vocabulary) -> tuple[int, int]:
+        """(words not in ``vocab``, all words) over every reference caption."""
+        counts = word_counts(self.references.texts)
+        return sum(c for word, c in counts.items() if word not in vocab), sum(counts.values())
 
     def __getitem__(self, index: int | Sequence[int]) -> Batch:
         # A list of indices is a whole batch (``BucketBatchSampler`` yields batches to a loader without
@@ -108,16 +144,24 @@ class CaptionDataset(Dataset):
         return self.__getitems__([index] if isinstance(index, int) else index)
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        image_idx = self.image_of[idx].tolist()
-        lengths = self.lengths[idx]
-        captions = self.captions[idx, : int(lengths.max())]
+        idx = np.asarray(indices, dtype=np.int64)
+        image_idx = self._image_of[idx]
+        kept = self._kept[idx]
+        width = int(kept.max())
+        captions = np.full((len(idx), width + 2), PAD_ID, dtype=np.int64)  # (B, T) <start> w1..wn <end> <pad>..
+        captions[:, 0] = START_ID
+        position = np.arange(width)
+        real = position[None, :] < kept[:, None]  # (B, T-2)
+        captions[:, 1:-1][real] = self._words[(self._starts[idx][:, None] + position[None, :])[real]]
+        captions[np.arange(len(idx)), kept + 1] = END_ID
         if self.features is not None:
-            images = self.features.features[self.feature_rows[self.image_of[idx]]]  # (B, D)
+            images = self.features.gather(self.feature_rows[image_idx])  # (B, D)
         else:
-            images = torch.stack([self.transform(load_rgb(self.image_path(i))) for i in image_idx])
-        return Batch(images, captions, lengths, [self.references[i] for i in image_idx],
-                     [self.names[i] for i in image_idx], idx)
+            images = torch.stack([self.transform(load_rgb(self.image_path(i))) for i in image_idx.tolist()])
+        image_list = image_idx.tolist()
+        return Batch(images, torch.from_numpy(captions), torch.from_numpy(kept + 2),
+                     [self.references[i] for i in image_list], [self.names[i] for i in image_list],
+                     torch.from_numpy(idx))
 
 
 class FeaturesOptionError(OptionError, DatasetError):
@@ -194,6 +238,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self._corpus: CaptionCorpus | None = None
         self._vocab: Vocabulary | None = None
+        self._given_vocab = False  # use_vocabulary: a checkpoint's, not built from this data
         self._features: FeatureTable | None = features_table  # bring-your-own file (read to check it)
         self._cache_table: FeatureTable | None = None  # features cached from our own encoder
         self.datasets: dict[str, CaptionDataset] = {}
@@ -248,11 +293,20 @@ class CaptionDataModule(L.LightningDataModule):
     # ----- what the CLI links into the model -------------------------------------------------------------
     @property
     def vocab(self) -> Vocabulary:
+        """The train split's words seen at least ``min_count`` times, or the vocabulary ``use_vocabulary`` gave."""
         if self._vocab is None:
-            self._vocab = Vocabulary.build(
-                (c for name in self.corpus.splits["train"] for c in self.corpus.captions[name]),
-                min_count=self.hparams.min_count)
+            corpus = self.corpus
+            counts = word_counts(text for name in corpus.splits["train"] for text in corpus.normalized_captions(name))
+            self._vocab = Vocabulary.from_counts(counts, min_count=self.hparams.min_count)
         return self._vocab
+
+    def use_vocabulary(self, vocab: Vocabulary) -> None:
+        """Encode the captions with ``vocab`` (a checkpoint's) instead of building one from the train split:
+        evaluating a model on another dataset (transfer). The references are scored as they are; words the
+        model does not know are ``<unk>`` in the teacher-forced loss (``setup`` says how many). Before ``setup``."""
+        if self.datasets:
+            raise RuntimeError("use_vocabulary must be called before setup")
+        self._vocab, self._given_vocab = vocab, True
 
     @property
     def vocab_size(self) -> int:
@@ -339,7 +393,7 @@ class CaptionDataModule(L.LightningDataModule):
                 "preprocess": repr(preprocess_for(hp.encoder, hp.weights, None)), "version": 1}
         names = self._image_names()
         folder = Path(hp.cache_dir).expanduser() if hp.cache_dir else self.root / ".showtell_cache"
-        return folder / f"features_{hp.encoder}_{cache_key(names, spec)}.npz"
+        return folder / f"features_{hp.encoder.replace('/', '-')}_{cache_key(names, spec)}.npz"
 
     def _image_names(self) -> list[str]:
         """Every image of every split, sorted: the rows of the feature cache."""
@@ -391,11 +445,17 @@ class CaptionDataModule(L.LightningDataModule):
             self.datasets[split] = CaptionDataset(
                 corpus.splits[split], corpus.captions, vocab, max_len=hp.max_len,
                 per_caption=split == "train" and not hp.train_per_image,
-                features=features, image_dir=corpus.image_dir, subfolders=corpus.subfolders,
+                features=features, image_dir=corpus.image_dir, subfolders=corpus.subfolders, texts=corpus.texts,
                 transform=transform if split == "train" else eval_transform)
         if self.report.counts():
             _say(self.report.summary())
         _say(self.describe() + f" ({why})")
+        if self._given_vocab:
+            for split in dict.fromkeys(("val", self.test_split)):
+                unknown, total = self.datasets[split].unknown_words(vocab)
+                _say(f"vocabulary: the checkpoint's ({len(vocab)} words); {unknown} of the {total} words of the "
+                     f"{split} references ({100 * unknown / max(total, 1):.1f}%) are not in it: the model never "
+                     "produces them, and the teacher-forced loss counts them as <unk>")
 
     def describe(self) -> str:
         sizes = ", ".join(f"{s} {len(set(d.names))} images/{len(d)} samples" for s, d in self.datasets.items())

@@ -12,10 +12,17 @@ strings), e.g. the ``test_captions.jsonl`` of a run, and prints BLEU-1..4, METEO
 ``trainer.test``, exactly as training's test does (devices, DDP and precision included), and writes
 ``<split>_captions.jsonl`` and ``<split>_metrics.json`` (for ``test``: the same files as training's test)
 into ``--output_dir``, by default ``<checkpoint folder>/eval_<split>_beam<K>``. The data options default to
-those stored in the checkpoint; the encoder and its weights always come from the model. The vocabulary is
-the checkpoint's and must equal the one the data options build. A model trained with the default frozen
-encoder reads the cached encoder features (computed once if missing: this needs the pretrained weights);
-``--data.cache_features false`` decodes the images through the checkpoint's own CNN instead.
+those stored in the checkpoint; the encoder and its weights always come from the model. A model trained with
+the default frozen encoder reads the cached encoder features (computed once if missing: this needs the
+pretrained weights); ``--data.cache_features false`` decodes the images through the checkpoint's own CNN.
+
+Decoding always uses the checkpoint's vocabulary, and the references are scored as the data holds them, so a
+checkpoint can be evaluated on another dataset (the transfer experiment of the Show and Tell paper: train on
+Flickr30k, test on Flickr8k): ``--data.root OTHER``. Words the model does not know are simply never produced;
+the teacher-forced loss counts them as ``<unk>``, and a line says how many reference words that is. With a
+``--data.root`` other than the checkpoint's, the options that describe the training data's files
+(``TRAINING_DATA_OPTIONS``: layout, dataset, image folder, restval, features file, split seed, demo) are not
+taken from the checkpoint: the other folder is detected anew, or they are given on the command line.
 
 Bad input (missing or malformed file, not a showtell checkpoint, other data) ends with one line on stderr
 and exit code 2.
@@ -35,7 +42,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from showtell.checkpoints import CheckpointError, read_checkpoint
 from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options
-from showtell.data import Flickr8kDataModule
+from showtell.data import CaptionDataModule
 from showtell.encoder import WeightsUnavailableError
 from showtell.metrics import caption_metrics, format_metrics_table
 from showtell.module import ShowTellModule
@@ -45,6 +52,9 @@ from showtell.outputs import collected_test_metrics, metrics_json
 MODEL_LINKED_DATA_OPTIONS = tuple(target for _, target, _ in MODEL_TO_DATA_LINKS)
 # The Trainer options this command takes (the others are fixed: no logger, no checkpoints).
 TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+# Data options that describe the training data's files: not carried to another --data.root.
+TRAINING_DATA_OPTIONS = ("format", "dataset", "image_dir", "restval", "features", "split_seed", "demo",
+                         "demo_images", "demo_image_size", "demo_seed")
 
 
 class EvaluationError(ValueError):
@@ -133,7 +143,7 @@ def build_parser() -> ArgumentParser:
                         help="beam width (1 = greedy); default: the checkpoint's test_beam_size")
     parser.add_argument("--output_dir", type=str | None, default=None,
                         help="default: <checkpoint folder>/eval_<split>_beam<K>")
-    parser.add_class_arguments(Flickr8kDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS) | {"test_split"})
+    parser.add_class_arguments(CaptionDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS) | {"test_split"})
     # Lightning's own typed Trainer options (the ones that decide where and how decoding runs).
     parser.add_class_arguments(L.Trainer, "trainer", skip=set(inspect.signature(L.Trainer).parameters)
                                - set(TRAINER_OPTIONS))
@@ -141,10 +151,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _data_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """``--data.*`` defaults from a checkpoint's data module arguments (only the ones this parser has)."""
-    known = set(inspect.signature(Flickr8kDataModule).parameters) - set(MODEL_LINKED_DATA_OPTIONS) - {"test_split"}
+def _data_defaults(stored: dict[str, Any], other_root: bool = False) -> dict[str, Any]:
+    """``--data.*`` defaults from a checkpoint's data module arguments (only the ones this parser has; with
+    ``other_root``, not those describing the training data's files)."""
+    known = set(inspect.signature(CaptionDataModule).parameters) - set(MODEL_LINKED_DATA_OPTIONS) - {"test_split"}
+    if other_root:
+        known -= set(TRAINING_DATA_OPTIONS)
     return {f"data.{k}": v for k, v in stored.items() if k in known}
+
+
+def _given_root(argv: list[str]) -> str | None:
+    """The value of ``--data.root`` on the command line, or None."""
+    for k, arg in enumerate(argv):
+        if arg.startswith("--data.root="):
+            return arg.split("=", 1)[1]
+        if arg == "--data.root" and k + 1 < len(argv):
+            return argv[k + 1]
+    return None
+
+
+def _same_folder(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def evaluate_captions_file(path: str | Path, as_json: bool) -> dict[str, float | None]:
@@ -157,7 +184,7 @@ def evaluate_captions_file(path: str | Path, as_json: bool) -> dict[str, float |
     return metrics
 
 
-def evaluate_checkpoint(model: ShowTellModule, data: Flickr8kDataModule, output_dir: Path,
+def evaluate_checkpoint(model: ShowTellModule, data: CaptionDataModule, output_dir: Path,
                         trainer_options: dict[str, Any]) -> dict[str, float | None]:
     """Decode and score the data's ``test_split`` through ``trainer.test`` at the model's ``test_beam_size``;
     the module's ``TestOutputWriter`` writes the outputs on rank 0."""
@@ -172,18 +199,33 @@ def evaluate_checkpoint(model: ShowTellModule, data: Flickr8kDataModule, output_
 
 def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[str, float | None]:
     stored = read_checkpoint(ckpt)
-    parser.set_defaults(_data_defaults(dict(stored.get("datamodule_hyper_parameters") or {})))
+    stored_data = dict(stored.get("datamodule_hyper_parameters") or {})
+    root = _given_root(argv)
+    other_root = root is not None and not _same_folder(root, stored_data.get("root"))
+    parser.set_defaults(_data_defaults(stored_data, other_root))
     args = parser.parse_args(argv)  # again: explicit --data.* options override the checkpoint's
     beam_size = stored["hyper_parameters"].get("test_beam_size", 1) if args.beam_size is None else args.beam_size
     if beam_size < 1:
         raise EvaluationError(f"--beam_size must be at least 1, got {beam_size}")
     model, _ = load_model(ckpt, test_beam_size=beam_size)
+    if model.vocab is None:
+        raise EvaluationError(f"checkpoint {ckpt} holds no vocabulary (not written by train.py); evaluate a "
+                              "checkpoint of a train.py run")
     data_options = {k: v for k, v in args.data.as_dict().items() if not k.startswith("__")}  # "__path__": a file
     data_options.update(linked_data_options(model.hparams), test_split=args.split)
+    if data_options.get("features") is None and getattr(model.encoder, "backbone", True) is None:
+        raise EvaluationError(f"checkpoint {ckpt} was trained on precomputed features (data.features) and has no "
+                              f"CNN: give --data.features with the same encoder's features of the images of "
+                              f"{data_options['root']}")
+    if other_root:
+        print(f"transfer: evaluating on {root} a model trained on {stored_data.get('root')} (its vocabulary, "
+              f"{len(model.vocab)} words; the layout of {root} is detected anew)", flush=True)
     default_dir = Path(ckpt).parent / f"eval_{args.split}_beam{beam_size}"
     output_dir = Path(args.output_dir or default_dir).expanduser().resolve()
     trainer_options = {k: v for k, v in args.trainer.as_dict().items() if v is not None}
-    return evaluate_checkpoint(model, Flickr8kDataModule(**data_options), output_dir, trainer_options)
+    data = CaptionDataModule(**data_options)
+    data.use_vocabulary(model.vocab)  # decode with the model's words; score against the data's references
+    return evaluate_checkpoint(model, data, output_dir, trainer_options)
 
 
 def main(argv: list[str] | None = None) -> int:

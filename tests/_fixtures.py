@@ -8,7 +8,6 @@ default every caption name with an image extension gets a small valid RGB JPEG.
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -115,26 +114,29 @@ def write_original(root: str | Path, captions: Captions, splits: Splits | None =
 
 def write_karpathy(root: str | Path, captions: Captions, splits: Splits,
                    images: Mapping[str, str] | None = None, image_dir: str = "Images",
-                   restval: Sequence[str] = ()) -> Path:
-    """Karpathy layout: ``dataset_flickr8k.json`` + ``Images/``. Every name in ``splits`` becomes an entry
-    (with no sentences if it has no captions); caption names in no split are left out of the json, since
-    the format has no "no split". Train names listed in ``restval`` get split "restval"."""
+                   restval: Sequence[str] = (), dataset: str = "flickr8k",
+                   filepaths: Mapping[str, str] | None = None) -> Path:
+    """Karpathy layout: ``dataset_<dataset>.json`` (``showtell.layouts.write_karpathy_json``) + the images.
+    Every name in ``splits`` becomes an entry (with no sentences if it has no captions); caption names in no
+    split are left out of the json, since the format has no "no split". Train names listed in ``restval`` get
+    split "restval". ``filepaths`` (COCO): image -> its ``filepath`` folder, where its file is written (and
+    a ``cocoid``); the other images go to ``image_dir``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    entries, sentid = [], 0
-    for key in ("train", "val", "test"):
-        for name in splits.get(key, []):
-            imgid = len(entries)
-            sentences = []
-            for raw in captions.get(name, []):
-                tokens = "".join(c if c.isalnum() else " " for c in raw.lower()).split()
-                sentences.append({"raw": raw, "tokens": tokens, "imgid": imgid, "sentid": sentid})
-                sentid += 1
-            split = "restval" if name in restval else key
-            entries.append({"filename": name, "imgid": imgid, "split": split,
-                            "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
-    (root / "dataset_flickr8k.json").write_text(json.dumps({"dataset": "flickr8k", "images": entries}))
-    write_images(root / image_dir, default_images(captions) if images is None else images)
+    filepaths = filepaths or {}
+    entries = [layouts.KarpathyImage(name, "restval" if name in restval else key, list(captions.get(name, [])),
+                                     filepaths.get(name), 1000 + i if name in filepaths else None)
+               for i, (key, name) in enumerate((key, name) for key in ("train", "val", "test")
+                                               for name in splits.get(key, []))]
+    layouts.write_karpathy_json(root / layouts.KARPATHY_FILES[dataset], dataset, entries)
+    images = default_images(captions) if images is None else images
+    by_folder: dict[str, dict[str, str]] = {}
+    for name, kind in images.items():
+        by_folder.setdefault(filepaths.get(name, image_dir), {})[name] = kind
+    for folder, kinds in sorted(by_folder.items()):
+        write_images(root / folder, kinds)
+    if not by_folder:
+        (root / image_dir).mkdir(parents=True, exist_ok=True)
     return root
 
 
