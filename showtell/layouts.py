@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -171,6 +172,9 @@ def write_karpathy_json(path: str | Path, dataset: str, images: Iterable[Karpath
                 f.write((", " if imgid else "") + json.dumps(entry))
                 sentid += len(sentences)
             f.write(f'], "dataset": {json.dumps(dataset)}}}')
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; a dataset file is not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -194,18 +198,24 @@ def karpathy_from_original(root: str | Path, out: str | Path) -> Path:
     return write_karpathy_json(out, "flickr8k", images)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m showtell.layouts",
-                                     description="Convert dataset layouts.")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m showtell.layouts karpathy --root ROOT --out FILE``; returns the exit code (2: bad input)."""
+    from showtell.sources import DatasetError
+
+    parser = argparse.ArgumentParser(prog="python -m showtell.layouts", description="Convert dataset layouts.")
     commands = parser.add_subparsers(dest="command", required=True)
     karpathy = commands.add_parser("karpathy", help="Karpathy's dataset_flickr8k.json from the original files")
     karpathy.add_argument("--root", required=True, help="folder with Flickr8k.token.txt and the split files")
     karpathy.add_argument("--out", required=True, help="the JSON file to write (dataset_flickr8k.json)")
     args = parser.parse_args(argv)
-    path = karpathy_from_original(args.root, args.out)
+    try:
+        path = karpathy_from_original(args.root, args.out)
+    except (DatasetError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
