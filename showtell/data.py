@@ -459,7 +459,9 @@ class CaptionDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         sizes = ", ".join(f"{s} {len(set(d.names))} images/{len(d)} samples" for s, d in self.datasets.items())
-        return f"data: {self.corpus.format} layout at {self.root}: {sizes}; vocab {self.vocab_size} words"
+        corpus = self.corpus
+        which = f" ({corpus.dataset})" if corpus.format == "karpathy" else ""  # the others are Flickr8k's layouts
+        return f"data: {corpus.format} layout{which} at {self.root}: {sizes}; vocab {self.vocab_size} words"
 
     def _loader(self, split: str, **batching) -> DataLoader:
         dataset = self.datasets[split]

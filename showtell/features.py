@@ -70,7 +70,7 @@ class FeatureTable:
     def __getstate__(self) -> dict:
         # Pickled (e.g. to spawned DDP processes): a memory-mapped table travels as its path and is mapped
         # again on arrival, instead of as a copy of the whole matrix.
-        state = dict(self.__dict__)
+        state = {key: value for key, value in self.__dict__.items() if key != "row"}  # rebuilt on arrival
         if self.memory_mapped and self.path is not None:
             state["array"] = None
         return state
@@ -79,6 +79,7 @@ class FeatureTable:
         self.__dict__.update(state)
         if self.array is None:
             self.array = load_features(self.path, check_values=False).array
+        self.__post_init__()
 
 
 class FeaturesFileError(DatasetError):

@@ -147,7 +147,7 @@ def test_data_module_on_coco_layout(coco_root, tmp_path):
     assert len(data.datasets["train"]) == 18 * 5 + 1 + 2  # every caption of every training image
     batch = next(iter(data.val_dataloader()))
     assert batch.images.shape == (4, 512) and all(len(refs) == 5 for refs in batch.references)
-    assert "data: karpathy layout" in data.describe()
+    assert "data: karpathy layout (coco)" in data.describe()
     assert Flickr8kDataModule is CaptionDataModule
 
 

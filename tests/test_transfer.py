@@ -42,7 +42,7 @@ def test_checkpoint_evaluated_on_another_dataset(tiny_checkpoint, tmp_path, caps
                  "--output_dir", str(out), "--trainer.accelerator", "cpu", "--json"]) == 0
     stdout = capsys.readouterr().out
     assert f"transfer: evaluating on {tmp_path / 'coco'}" in stdout
-    assert "data: karpathy layout" in stdout  # the other folder's layout, detected anew
+    assert "data: karpathy layout (coco)" in stdout  # the other folder's layout, detected anew
 
     records = [json.loads(line) for line in (out / "test_captions.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "test_metrics.json").read_text())
