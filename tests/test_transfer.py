@@ -71,3 +71,37 @@ def test_training_data_options_stay_with_the_training_data():
     assert same["data.features"] == "a.npz" and same["data.format"] == "original"
     assert not any(f"data.{key}" in other for key in TRAINING_DATA_OPTIONS)
     assert other == {"data.root": "data/a", "data.batch_size": 8, "data.image_size": 64, "data.min_count": 3}
+
+
+def test_features_trained_checkpoint_needs_the_other_datasets_features(demo_root, tmp_path, capsys):
+    """A model trained on a features file has no CNN: on another dataset it needs that dataset's features."""
+    import lightning as L
+    import numpy as np
+    from conftest import tiny_data_kwargs, tiny_model_kwargs
+
+    from showtell.data import CaptionDataModule
+    from showtell.features import save_features
+
+    names = sorted(p.name for p in (demo_root / "Images").iterdir())
+    rng = np.random.default_rng(0)
+    save_features(tmp_path / "demo.npz", names, rng.standard_normal((len(names), 8)).astype(np.float16))
+    data = CaptionDataModule(**tiny_data_kwargs(demo_root) | {"features": str(tmp_path / "demo.npz")})
+    model = ShowTellModule(vocab_size=data.vocab_size, feature_dim=8, **tiny_model_kwargs())
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=data)
+    ckpt = tmp_path / "features.ckpt"
+    trainer.save_checkpoint(ckpt)
+    captions, splits = write_other_dataset(tmp_path / "coco")
+    common = ["--ckpt", str(ckpt), "--data.root", str(tmp_path / "coco"), "--beam_size", "1",
+              "--output_dir", str(tmp_path / "eval"), "--trainer.accelerator", "cpu"]
+    capsys.readouterr()
+    assert main(common) == 2  # the demo's features file is not carried over to the other dataset
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained on precomputed features" in err and "--data.features" in err
+    other = sorted(captions)
+    save_features(tmp_path / "coco.npz", other, rng.standard_normal((len(other), 8)).astype(np.float16))
+    assert main([*common, "--data.features", str(tmp_path / "coco.npz")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "eval" / "test_captions.jsonl").read_text().splitlines()]
+    assert sorted(r["image_id"] for r in records) == splits["test"]
