@@ -76,8 +76,8 @@ class References(Sequence):
 
     def __init__(self, texts: list[str], counts: Sequence[int]):
         self.texts = texts  # every caption, image after image
-        self._counts = list(counts)
-        self._first = [0, *np.cumsum(self._counts)[:-1].tolist()] if self._counts else []
+        self._counts = [int(c) for c in counts]
+        self.starts = [0, *np.cumsum(self._counts)[:-1].tolist()] if self._counts else []  # each image's first
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -85,7 +85,7 @@ class References(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        start = self._first[i]
+        start = self.starts[i]
         return [text.split() for text in self.texts[start:start + self._counts[i]]]
 
 
@@ -114,7 +114,7 @@ class CaptionDataset(Dataset):
             texts = self.references.texts
         else:  # eval: loss on the first reference
             self._image_of = np.arange(len(counts))
-            texts = [self.references.texts[first] for first in self.references._first]
+            texts = [self.references.texts[first] for first in self.references.starts]
         self._words, words_per_caption = vocab.encode_many(texts)  # flat word ids, words of each caption
         self._starts = np.concatenate([[0], np.cumsum(words_per_caption)[:-1]]).astype(np.int64)  # (N,)
         self.truncated = int((words_per_caption > max_len).sum())

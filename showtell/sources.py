@@ -428,7 +428,8 @@ class _KarpathyEntry(NamedTuple):
 def _compact(item: dict) -> object:
     """``json`` object hook: each sentence becomes its raw caption (its tokens joined when it has no ``raw``),
     each image a ``_KarpathyEntry``, as soon as it is parsed. A COCO-sized file then never exists in memory
-    as ~7 million token strings and 740,000 dicts at once (peak memory ~4x lower, measured)."""
+    as ~7 million token strings and 740,000 dicts at once (measured on a COCO-sized file: peak resident memory
+    2.24 -> 1.70 GB, private memory after reading 1.32 -> 0.78 GB, with torch imported)."""
     if "sentences" in item or "filename" in item:
         return _KarpathyEntry(item.get("filename"), item.get("split"), item.get("sentences"), item.get("filepath"))
     if "raw" in item or "tokens" in item:
