@@ -431,10 +431,10 @@ class SampleCaptionsTable(Callback):
     def _log_table(self, logger: LightningWandbLogger, trainer: pl.Trainer, samples: list[dict]) -> None:
         import wandb
 
-        image_dir = getattr(getattr(trainer.datamodule, "corpus", None), "image_dir", None)
+        image_path = getattr(trainer.datamodule, "image_path", None)  # COCO: in its train2014/val2014 folder
         rows = []
         for sample in samples:
-            path = Path(image_dir) / sample["image_id"] if image_dir is not None else None
+            path = image_path(sample["image_id"]) if image_path is not None else None
             image = None
             if path is not None and path.is_file():
                 try:

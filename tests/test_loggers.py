@@ -390,7 +390,10 @@ class TinyCaptioner(L.LightningModule):
 class TinyData(L.LightningDataModule):
     def __init__(self, image_dir: Path):
         super().__init__()
-        self.corpus = SimpleNamespace(image_dir=image_dir)
+        self.image_dir = image_dir
+
+    def image_path(self, name: str) -> Path:  # as CaptionDataModule.image_path (COCO: a subfolder per split)
+        return self.image_dir / name
 
     def _loader(self):
         return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
@@ -482,7 +485,7 @@ class BrokenWandb(LightningWandbLogger):
 
 def _trainer(image_dir: Path, logger, **overrides) -> SimpleNamespace:
     fields = {"sanity_checking": False, "is_global_zero": True, "loggers": [logger], "current_epoch": 3,
-              "global_step": 12, "datamodule": SimpleNamespace(corpus=SimpleNamespace(image_dir=image_dir))}
+              "global_step": 12, "datamodule": SimpleNamespace(image_path=lambda name: image_dir / name)}
     return SimpleNamespace(**{**fields, **overrides})
 
 
