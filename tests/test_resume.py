@@ -190,3 +190,27 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoints(demo_root
     assert len(errors) == 1 and "training loss is" in errors[0] and "epoch" in errors[0] and "--model.lr" in errors[0]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert not (out / "demo" / "version_0" / "test_metrics.json").exists()
+
+
+def test_last_ckpt_is_the_newest_epoch_even_when_the_metric_does_not_improve(demo_root, tmp_path):
+    """ModelCheckpoint(save_last=True) rewrites last.ckpt only with a new best; the configs' own "last"
+    checkpoint is rewritten every epoch, so --ckpt_path last never goes back to the best epoch."""
+    out = tmp_path / "run"
+    done = _train(_run_args(demo_root, out, "--model.lr", "1e-12", "--trainer.max_epochs", "3"))  # never improves
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = out / "demo" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-epoch00.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2
+    assert "testing the best checkpoint" in done.stdout and "best-epoch00.ckpt" in done.stdout
+
+
+@pytest.mark.parametrize("config", ["configs/flickr8k.yaml", "configs/demo.yaml", "configs/coco.yaml",
+                                    "experiments/scst.yaml"])
+def test_every_config_rewrites_last_ckpt_every_epoch(config):
+    import yaml
+
+    callbacks = yaml.safe_load((REPO / config).read_text())["trainer"]["callbacks"]
+    checkpoints = [c.get("init_args", {}) for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert checkpoints[0].get("monitor") and not checkpoints[0].get("save_last")  # the best: first, for test
+    assert {"filename": "last", "enable_version_counter": False} in checkpoints
