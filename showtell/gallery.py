@@ -70,9 +70,10 @@ def write_gallery(path: str | Path, items: Sequence[GalleryItem], *, top_k: int 
         ax.set_title(Path(item.path).name, fontsize=8, color="0.4")
         ax.text(0.5, -0.03, _text(item, top_k), transform=ax.transAxes, ha="center", va="top", fontsize=8.5,
                 wrap=False)
+    top = 1 - 0.45 / fig.get_figheight() if title else 1  # 0.45 inch above the grid for the title
+    fig.tight_layout(h_pad=0.3 + 1.25 * text_lines, rect=(0, 0, 1, top))
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(h_pad=0.3 + 1.25 * text_lines)
+        fig.suptitle(title, fontsize=11, y=1 - 0.15 / fig.get_figheight())
     try:
         fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.25)
     except (OSError, ValueError) as err:
