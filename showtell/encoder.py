@@ -193,21 +193,24 @@ def weights_file_problem(name: str, path: Path) -> str | None:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         return f"holds a {type(state).__name__}, expected a state_dict (parameter name -> tensor)"
     if timm_backbones.is_timm(name):
-        return timm_backbones.weights_file_problem(name, state)
-    spec = _spec(name)
-    with torch.device("meta"):
-        model = get_model(name, weights=None, **dict(spec.kwargs))
-    if set(state) != set(model.state_dict()):
-        spec.cut_head(model)  # maybe a state_dict of the backbone without its head
+        model = timm_backbones.meta_model(name, state)
+        label = f"timm {timm_backbones.model_name(name)}"
+        constructor = f"timm.create_model({timm_backbones.model_name(name)!r})"
+    else:
+        spec = _spec(name)
+        with torch.device("meta"):
+            model = get_model(name, weights=None, **dict(spec.kwargs))
+        if set(state) != set(model.state_dict()):
+            spec.cut_head(model)  # maybe a state_dict of the backbone without its head
+        label, constructor = f"torchvision {name}", f"torchvision.models.{name}()"
     expected = model.state_dict()
     if set(state) != set(expected):
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        return (f"does not match torchvision {name}: {len(missing)} missing keys {missing[:2]}, "
-                f"{len(unexpected)} unexpected keys {unexpected[:2]}; expected the state_dict of "
-                f"torchvision.models.{name}()")
+        return (f"does not match {label}: {len(missing)} missing keys {missing[:2]}, {len(unexpected)} "
+                f"unexpected keys {unexpected[:2]}; expected the state_dict of {constructor}")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            return (f"does not fit torchvision {name}: {key} has shape {tuple(tensor.shape)}, expected "
+            return (f"does not fit {label}: {key} has shape {tuple(tensor.shape)}, expected "
                     f"{tuple(expected[key].shape)}")
     return None
 
