@@ -43,7 +43,7 @@ from showtell.evaluate import EvaluationError, load_model
 from showtell.features import ImageLoadError, load_rgb
 from showtell.gallery import GalleryError, GalleryItem, write_gallery
 from showtell.module import ShowTellModule
-from showtell.sources import DatasetError, read_caption_file
+from showtell.sources import DatasetError, captions_by_image
 
 Ranked = list[tuple[str, float]]  # (caption, log-probability), best first
 
@@ -162,13 +162,9 @@ GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 def read_references(path: str) -> dict[str, list[str]]:
     """Image file name -> its human captions, from a caption file of any layout."""
     try:
-        entries = read_caption_file(path)
+        return captions_by_image(path)
     except DatasetError as err:
         raise EvaluationError(f"--references: {err}") from None
-    references: dict[str, list[str]] = {}
-    for name, caption in entries:
-        references.setdefault(Path(name).name, []).append(caption)
-    return references
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from showtell.features import (
     load_rgb,
 )
 from showtell.options import OptionError, Options, shown_path
-from showtell.sources import CaptionCorpus, DatasetError, SkipReport, load_corpus
+from showtell.sources import CaptionCorpus, DatasetError, SkipReport, image_file, load_corpus
 from showtell.vocab import END_ID, PAD_ID, START_ID, Vocabulary, normalized, word_counts
 
 
@@ -130,8 +130,7 @@ class CaptionDataset(Dataset):
         return len(self._image_of)
 
     def image_path(self, i: int) -> Path:
-        name = self.names[i]
-        return self.image_dir / self.subfolders.get(name, "") / name
+        return image_file(self.image_dir, self.subfolders, self.names[i])
 
     def unknown_words(self, vocab: Vocabulary) -> tuple[int, int]:
         """(words not in ``vocab``, all words) over every reference caption."""

@@ -36,9 +36,11 @@ import csv
 import gc
 import json
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -156,7 +158,13 @@ class CaptionCorpus:
         if self.image_dir is None:
             raise DatasetError(f"no image folder was found for {name} (precomputed features replace the images); "
                                "give the images' folder with --data.image_dir")
-        return self.image_dir / self.subfolders.get(name, "") / name
+        return image_file(self.image_dir, self.subfolders, name)
+
+
+def image_file(image_dir: Path, subfolders: Mapping[str, str], name: str) -> Path:
+    """Where the image file ``name`` is: ``image_dir/<its subfolder>/name`` (COCO's ``filepath``), else
+    ``image_dir/name``."""
+    return image_dir / subfolders.get(name, "") / name
 
 
 # ----------------------------------------------------------------------------------------------- locating
@@ -465,6 +473,14 @@ def read_caption_file(path: str | Path) -> Entries:
     return _PARSERS[formats[path.name]](path, SkipReport()).entries
 
 
+def captions_by_image(path: str | Path) -> dict[str, list[str]]:
+    """``read_caption_file`` grouped: image name -> its raw captions, in file order."""
+    captions: dict[str, list[str]] = {}
+    for name, caption in read_caption_file(path):
+        captions.setdefault(name, []).append(caption)
+    return captions
+
+
 def original_files(root: str | Path) -> tuple[Path, dict[str, list[str]]]:
     """The original Flickr8k files in ``root``: the token file and the official split (names per split)."""
     root = _check_root(Path(root), "flickr8k")
@@ -554,7 +570,8 @@ def image_is_readable(path: str | Path) -> bool:
         return False
 
 
-def _drop_unreadable_images(captions: dict[str, list[str]], path_of, report: SkipReport, progress: bool) -> None:
+def _drop_unreadable_images(captions: dict[str, list[str]], path_of: Callable[[str], Path], report: SkipReport,
+                            progress: bool) -> None:
     names = sorted(captions)
     show = progress and len(names) >= _PROGRESS_MIN_FILES
     # Threads, not processes: the work is file I/O and C code in PIL, and there is nothing to pickle.
@@ -631,13 +648,12 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
     if not parsed.entries:
         raise DatasetError(f"{caption_file} contains no captions; re-download it or check the file")
     subfolders = set(parsed.subfolders.values())
-    if require_images:
+    try:
         folder = find_image_dir(root, caption_file, found_dataset, subfolders, image_dir)
-    else:
-        try:
-            folder = find_image_dir(root, caption_file, found_dataset, subfolders, image_dir)
-        except DatasetError:
-            folder = None  # features replace the images; a missing image folder is no error then
+    except DatasetError:
+        if require_images:
+            raise
+        folder = None  # features replace the images; a missing image folder is no error then
     if folder is not None and not _holds_subfolders(folder, subfolders):
         parsed.subfolders = {}  # all images in one folder (given with image_dir)
     split_names = parsed.splits if parsed.splits is not None else _read_split_files(root, caption_file.parent)
@@ -656,9 +672,6 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
             left_out = set(restval_names)
             entries = [(name, caption) for name, caption in entries if name not in left_out]
 
-    def path_of(name: str) -> Path:
-        return folder / parsed.subfolders.get(name, "") / name
-
     image_files = _existing_images(folder, parsed.subfolders, named) if require_images else None
     entries = _drop_unnamed_images(entries, image_files, report)
     for name in sorted((image_files or set()) - named):
@@ -667,7 +680,7 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
         captions, texts = _group_captions(entries, report)
     del entries, parsed.entries
     if require_images:
-        _drop_unreadable_images(captions, path_of, report, progress)
+        _drop_unreadable_images(captions, partial(image_file, folder, parsed.subfolders), report, progress)
     for name in sorted(captions):
         if len(captions[name]) != CAPTIONS_PER_IMAGE:
             report.add(OTHER_THAN_FIVE, name)
@@ -724,6 +737,6 @@ def _one_line(report: SkipReport) -> str:
 
 
 __all__ = [
-    "CaptionCorpus", "DatasetError", "SkipReport", "detect_format", "find_image_dir", "image_is_readable",
-    "load_corpus", "original_files", "read_caption_file", "seeded_split",
+    "CaptionCorpus", "DatasetError", "SkipReport", "captions_by_image", "detect_format", "find_image_dir",
+    "image_file", "image_is_readable", "load_corpus", "original_files", "read_caption_file", "seeded_split",
 ]
