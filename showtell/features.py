@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from showtell.layouts import write_file_atomically
 from showtell.sources import DatasetError
 
 
@@ -213,19 +213,10 @@ def load_features(path: str | Path, check_values: bool = True) -> FeatureTable:
 def save_features(path: str | Path, names: Sequence[str], features: np.ndarray, meta: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, then rename, so a crash never leaves a
     half-written file that a later run would read as complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        arrays = {"names": np.asarray(list(names)), "features": features}
-        if meta is not None:
-            arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    arrays = {"names": np.asarray(list(names)), "features": features}
+    if meta is not None:
+        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
+    write_file_atomically(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
 
 
 def cache_key(names: Sequence[str], spec: dict) -> str:

@@ -150,11 +150,9 @@ def write_karpathy_json(path: str | Path, dataset: str, images: Iterable[Karpath
     interrupted write never leaves a file that looks complete."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
             f.write('{"images": [')
             sentid = 0
             for imgid, image in enumerate(images):
@@ -172,13 +170,27 @@ def write_karpathy_json(path: str | Path, dataset: str, images: Iterable[Karpath
                 f.write((", " if imgid else "") + json.dumps(entry))
                 sentid += len(sentences)
             f.write(f'], "dataset": {json.dumps(dataset)}}}')
+
+    return write_file_atomically(path, write)
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """``write(tmp)`` into a temporary file beside ``path`` (named ``<name>...<suffix>``), then rename it into
+    place, so an interrupted write never leaves a file that looks complete. The file gets the permissions the
+    umask gives (``mkstemp``'s own are private)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; a dataset file is not
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -187,12 +199,10 @@ def karpathy_from_original(root: str | Path, out: str | Path) -> Path:
     and the three split files, found as ``showtell.sources`` finds them): every image of the official split
     with all its token-file captions in file order ("dev" becomes "val"). Images in no split are left out (the
     format has no "no split"); nothing else is cleaned, so reading either file gives the same corpus."""
-    from showtell.sources import original_files, read_caption_file  # sources reads what this module writes
+    from showtell.sources import captions_by_image, original_files  # sources reads what this module writes
 
     token_file, split_names = original_files(root)
-    captions: dict[str, list[str]] = {}
-    for name, caption in read_caption_file(token_file):
-        captions.setdefault(name, []).append(caption)
+    captions = captions_by_image(token_file)
     images = (KarpathyImage(name, split, captions.get(name, ()))
               for split, names in split_names.items() for name in names)
     return write_karpathy_json(out, "flickr8k", images)
