@@ -255,7 +255,7 @@ class ShowTellModule(L.LightningModule):
         hp = self.hparams
         if self._reward is None:
             raise RuntimeError("SCST rewards are built in setup('fit') from the data module's training references; "
-                               "fit with a Flickr8kDataModule")
+                               "fit with a CaptionDataModule")
         B, K = len(batch.indices), hp.scst_samples
         embeds = self.embed_images(batch.images)  # (B, E)
         samples = sample_captions(self.decoder, embeds, K, hp.max_caption_len)  # tokens (B, K, L), log_probs (B, K)
@@ -272,8 +272,7 @@ class ShowTellModule(L.LightningModule):
 
     def _rewards(self, tokens: Tensor, images: np.ndarray) -> Tensor:
         """CIDEr-D (N,) of captions ``tokens`` (N, L) against the training references of ``images`` (N,)."""
-        itos = self.vocab.itos
-        hypotheses = [[itos[i] for i in row if i != PAD_ID] for row in tokens.tolist()]  # rows hold words only
+        hypotheses = [self.vocab.decode(row) for row in tokens.tolist()]  # rows: words, then <pad>
         return torch.from_numpy(self._reward(hypotheses, images)).to(self.device, torch.float32)
 
     def _greedy_tokens(self, embeds: Tensor) -> Tensor:
@@ -450,7 +449,7 @@ class ShowTellModule(L.LightningModule):
         frequencies (coco-caption's evaluation counts them on the evaluated references instead)."""
         train = getattr(datamodule, "datasets", {}).get("train") if datamodule is not None else None
         if train is None:
-            raise ValueError("--model.scst needs the training references: fit with a Flickr8kDataModule")
+            raise ValueError("--model.scst needs the training references: fit with a CaptionDataModule")
         if len(train) != len(train.names):
             raise ValueError("--model.scst trains on batches of images: set --data.train_per_image true "
                              "(train.py links it from --model.scst)")
