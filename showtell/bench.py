@@ -73,7 +73,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from showtell.batching import padding_ratio
-from showtell.data import Batch, Flickr8kDataModule
+from showtell.data import Batch, CaptionDataModule
 from showtell.demo import FLICKR8K_IMAGES, generate_flickr8k_like
 from showtell.encoder import build_backbone, preprocess_for
 from showtell.module import ShowTellModule
@@ -140,14 +140,14 @@ def load_paper_config(path: Path = PAPER_CONFIG) -> dict[str, Any]:
 
 
 def make_datamodule(root: Path, setup: Setup, cache_dir: Path, *, cache: bool = True,
-                    **overrides: Any) -> Flickr8kDataModule:
+                    **overrides: Any) -> CaptionDataModule:
     kwargs = dict(root=str(root), format="kaggle", batch_size=setup.batch_size, num_workers=setup.num_workers,
                   min_count=5, encoder=setup.encoder, weights=setup.weights, image_size=setup.image_size,
                   cache_features=cache, cache_dir=str(cache_dir), progress=setup.progress)
-    return Flickr8kDataModule(**{**kwargs, **overrides})
+    return CaptionDataModule(**{**kwargs, **overrides})
 
 
-def make_model(data: Flickr8kDataModule, setup: Setup, model_config: dict[str, Any]) -> ShowTellModule:
+def make_model(data: CaptionDataModule, setup: Setup, model_config: dict[str, Any]) -> ShowTellModule:
     """The paper config's model (sizes, dropout, optimizer) with the benchmark's encoder and weights."""
     config = {**model_config, "encoder": setup.encoder, "weights": setup.weights}
     model = ShowTellModule(vocab_size=data.vocab_size, feature_dim=data.feature_dim, **config)
@@ -170,7 +170,7 @@ def warm_up_cnn(setup: Setup) -> None:
     torch.cuda.empty_cache()
 
 
-def measure_extraction(data: Flickr8kDataModule, setup: Setup) -> float:
+def measure_extraction(data: CaptionDataModule, setup: Setup) -> float:
     """Seconds for the data module to fill its (empty) feature cache."""
     _ = data.corpus, data.vocab  # caption parsing and image checks are not extraction
     warm_up_cnn(setup)
@@ -191,7 +191,7 @@ class EpochEndTimes(Callback):
         self.times.append(time.perf_counter())
 
 
-def lightning_epoch_s(model: ShowTellModule, data: Flickr8kDataModule, setup: Setup, clip: float | None) -> float:
+def lightning_epoch_s(model: ShowTellModule, data: CaptionDataModule, setup: Setup, clip: float | None) -> float:
     """Seconds of the second epoch of a 2-epoch ``fit`` (the first warms up)."""
     timer = EpochEndTimes(setup.sync)
     trainer = L.Trainer(accelerator=setup.device.type, devices=1, precision=setup.precision, max_epochs=2,
@@ -241,7 +241,7 @@ def plain_epoch_s(model: ShowTellModule, loader: DataLoader, setup: Setup, clip:
     return time.perf_counter() - start
 
 
-def epoch_padding_ratio(data: Flickr8kDataModule, epoch: int = 1) -> float:
+def epoch_padding_ratio(data: CaptionDataModule, epoch: int = 1) -> float:
     """Positions computed per real token over the training batches of ``epoch`` (the timed one)."""
     sampler = data.train_sampler()
     sampler.set_epoch(epoch)
@@ -318,7 +318,7 @@ def paper_run(root: Path, setup: Setup, config: dict[str, Any], epochs: int) -> 
     data_config = {**config["data"], "root": str(root), "num_workers": setup.num_workers}
     L.seed_everything(config.get("seed_everything", 0), verbose=False)
     start = time.perf_counter()
-    data = Flickr8kDataModule(**{**data_config, "encoder": setup.encoder, "weights": setup.weights,
+    data = CaptionDataModule(**{**data_config, "encoder": setup.encoder, "weights": setup.weights,
                                  "image_size": setup.image_size, "cache_dir": str(run_dir / "cache"),
                                  "progress": setup.progress})
     model = make_model(data, setup, config["model"])

@@ -1,4 +1,4 @@
-"""The command line: LightningCLI over ``Flickr8kDataModule`` and ``ShowTellModule``.
+"""The command line: LightningCLI over ``CaptionDataModule`` and ``ShowTellModule``.
 
 ``python train.py [--config FILE ...] [--section.key=value ...]`` fits, then tests the best checkpoint,
 prints the test metrics and the run folder. The typed constructor arguments of the two classes are the
@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from showtell.checkpoints import CheckpointError, resume_checkpoint
-from showtell.data import Flickr8kDataModule
+from showtell.data import CaptionDataModule
 from showtell.encoder import WeightsUnavailableError
 from showtell.module import NonFiniteLossError, ShowTellModule
 from showtell.options import OptionError, check_trainer_options
@@ -79,7 +79,7 @@ class ShowTellCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         # A usage error raises (one line from main) instead of printing the whole usage text.
         kwargs.setdefault("parser_kwargs", {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False})
-        super().__init__(ShowTellModule, Flickr8kDataModule, args=args, run=False, **kwargs)
+        super().__init__(ShowTellModule, CaptionDataModule, args=args, run=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -94,7 +94,7 @@ class ShowTellCLI(LightningCLI):
         config = self.config
         # Every option checked before anything is read, generated or extracted (one OptionError line).
         ShowTellModule.check_options(config.model.as_dict())
-        Flickr8kDataModule.check_options(config.data.as_dict())
+        CaptionDataModule.check_options(config.data.as_dict())
         if config.model.get("attach_encoder") and not config.data.get("features"):
             raise OptionError("--model.attach_encoder true declares the encoder behind --data.features, which is "
                               "not set; give the features file, or drop attach_encoder (a model trained on "

@@ -5,7 +5,7 @@ A bad option raises ``OptionError`` with one line naming the option, the bad val
 the message points at the command line or the YAML key to change.
 
 ``Options`` checks one section (``model``, ``data``, ``trainer``) of plain values; the classes list their own
-checks (``ShowTellModule.check_options``, ``Flickr8kDataModule.check_options``), and the CLI can run them,
+checks (``ShowTellModule.check_options``, ``CaptionDataModule.check_options``), and the CLI can run them,
 and ``check_trainer_options``, on the parsed configuration before it builds anything.
 """
 

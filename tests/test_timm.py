@@ -20,7 +20,7 @@ from PIL import Image
 
 from showtell.caption import main as caption_main
 from showtell.cli import main as train_main
-from showtell.data import Flickr8kDataModule, image_transform
+from showtell.data import CaptionDataModule, image_transform
 from showtell.encoder import ImageEncoder, WeightsUnavailableError, build_backbone, preprocess_for
 from showtell.evaluate import main as evaluate_main
 from showtell.features import extract_features, save_features
@@ -124,13 +124,13 @@ def test_default_weights_offline_say_what_to_download(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ end to end
-def _data(demo_root: Path, tmp_path: Path, **kwargs) -> Flickr8kDataModule:
+def _data(demo_root: Path, tmp_path: Path, **kwargs) -> CaptionDataModule:
     options = dict(root=str(demo_root), encoder=ENCODER, weights=None, image_size=64, batch_size=16,
                    num_workers=0, min_count=1, progress=False, cache_dir=str(tmp_path / "cache"))
-    return Flickr8kDataModule(**{**options, **kwargs})
+    return CaptionDataModule(**{**options, **kwargs})
 
 
-def _fit(model: ShowTellModule, data: Flickr8kDataModule, tmp_path: Path) -> Path:
+def _fit(model: ShowTellModule, data: CaptionDataModule, tmp_path: Path) -> Path:
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path), num_sanity_val_steps=0, enable_checkpointing=False)
@@ -140,7 +140,7 @@ def _fit(model: ShowTellModule, data: Flickr8kDataModule, tmp_path: Path) -> Pat
     return path
 
 
-def _model(data: Flickr8kDataModule, **kwargs) -> ShowTellModule:
+def _model(data: CaptionDataModule, **kwargs) -> ShowTellModule:
     return ShowTellModule(vocab_size=data.vocab_size, encoder=ENCODER, weights=None, embed_size=16, hidden_size=16,
                           dropout=0.0, max_caption_len=8, test_beam_size=2, **kwargs)
 
