@@ -37,10 +37,19 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from showtell.checkpoints import CheckpointError, resume_checkpoint
 from showtell.data import CaptionDataModule
+from showtell.distributed import (
+    DEFAULT_TIMEOUT_S,
+    CollectiveTimeoutError,
+    StopOnSigterm,
+    apply_collective_timeout,
+    collective_errors,
+    local_run_folder,
+    process_rank,
+)
 from showtell.encoder import WeightsUnavailableError
 from showtell.module import NonFiniteLossError, ShowTellModule
 from showtell.options import OptionError, check_trainer_options
-from showtell.outputs import collected_test_metrics, run_folder
+from showtell.outputs import collected_test_metrics
 from showtell.sources import DatasetError
 
 # Errors whose message tells the user what to do: printed as one line, without a traceback.
@@ -85,6 +94,9 @@ class ShowTellCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="resume an interrupted fit: 'last' (the newest run folder of this configuration) "
                                  "or a checkpoint file")
+        parser.add_argument("--collective_timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                            help="multi-process runs: seconds a collective (barrier, broadcast, metric sync) may "
+                                 "wait for the other processes before the run ends with an error naming the stage")
         for source, target, derive in MODEL_TO_DATA_LINKS:
             parser.link_arguments(f"model.{source}", f"data.{target}", compute_fn=derive)
         for name in DATA_TO_MODEL_LINKS:
@@ -99,6 +111,9 @@ class ShowTellCLI(LightningCLI):
             raise OptionError("--model.attach_encoder true declares the encoder behind --data.features, which is "
                               "not set; give the features file, or drop attach_encoder (a model trained on "
                               "images has its CNN already)")
+        if not config.collective_timeout > 0:
+            raise OptionError(f"--collective_timeout must be a positive number of seconds, got "
+                              f"{config.collective_timeout!r}")
         trainer = config.trainer
         check_trainer_options(trainer.max_epochs, gradient_clip_val=trainer.gradient_clip_val,
                               log_every_n_steps=trainer.log_every_n_steps,
@@ -139,6 +154,13 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python")
     warnings.filterwarnings("ignore", message=r"(?s).*(skip_none|instantiate_classes).*deprecated")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Multi-process runs: these metrics are computed from every process's captions (synchronised, de-duplicated),
+    # so they are the same on every rank; Lightning cannot know and asks for sync_dist. The test captions are
+    # de-duplicated by index, so the padding DistributedSampler's repeats are not counted twice.
+    warnings.filterwarnings("ignore", message=r"(?s).*self\.log\('(val/(bleu\d|cider|perplexity)|test/bleu\d|"
+                                              r"train/perplexity)', \.\.\., sync_dist=True\)")
+    warnings.filterwarnings("ignore", message=r"(?s)Using `DistributedSampler` with the dataloaders\. During "
+                                              r"`trainer\.(test|validate)\(\)`")
     # "Seed set to 0" on stderr: the seed is in the printed config and the run's hparams; stderr is for problems.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
@@ -257,8 +279,8 @@ def main(args: list[str] | None = None) -> dict:
     except ArgumentError as err:  # the parser's own complaint (unknown option, wrong type, ...)
         print(f"error: {parser_complaint('error: ' + str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (NonFiniteLossError, CollectiveTimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 
@@ -266,19 +288,30 @@ def _fit_and_test(args: list[str]) -> dict:
     quiet_known_warnings()
     cli = ShowTellCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    print(cli.summary(), flush=True)
-    if cli.resume_from is not None:
+    timeout = cli.config.collective_timeout
+    apply_collective_timeout(trainer, timeout)
+
+    def say_how_to_resume(trainer_: Any, signal_name: str = "SIGTERM") -> None:  # rank 0; no collective
+        print(f"stopped by {signal_name}; resume with: {resume_command(args, local_run_folder(trainer_))}",
+              file=sys.stderr, flush=True)
+
+    stop = StopOnSigterm(announce=say_how_to_resume)  # several processes: all stop at the same batch
+    trainer.callbacks.append(stop)
+    first = process_rank() == 0  # the Trainer knows its ranks only once fit has started the processes
+    if first:
+        print(cli.summary(), flush=True)
+    if cli.resume_from is not None and first:
         carry_csv_log(trainer, cli.resume_from)
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=cli.resume_from)
-    except (SIGTERMException, KeyboardInterrupt, SystemExit) as stop:
-        if not trainer.interrupted and not isinstance(stop, KeyboardInterrupt):
+        with collective_errors(trainer, timeout):
+            trainer.fit(model, datamodule=data, ckpt_path=cli.resume_from)
+    except (SIGTERMException, KeyboardInterrupt, SystemExit) as reason:
+        if not trainer.interrupted and not isinstance(reason, KeyboardInterrupt):
             raise
-        signal_name, code = ("SIGTERM", 143) if isinstance(stop, SIGTERMException) else ("Ctrl-C", 130)
-        if trainer.is_global_zero:
-            print(f"stopped by {signal_name}; resume with: {resume_command(args, run_folder(trainer))}",
-                  file=sys.stderr, flush=True)
+        signal_name, code = ("SIGTERM", 143) if isinstance(reason, SIGTERMException) else ("Ctrl-C", 130)
+        if trainer.is_global_zero and not stop.stopped:  # (StopOnSigterm has said it in multi-process runs)
+            say_how_to_resume(trainer, signal_name)
         raise SystemExit(code) from None
     fit_s = time.perf_counter() - start
     if trainer.interrupted:
@@ -286,11 +319,13 @@ def _fit_and_test(args: list[str]) -> dict:
         return {}
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-    print(f"testing {'the best checkpoint ' + best if best else 'the last weights'}", flush=True)
-    start = time.perf_counter()
-    trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     if trainer.is_global_zero:
-        out_dir = run_folder(trainer)
+        print(f"testing {'the best checkpoint ' + best if best else 'the last weights'}", flush=True)
+    start = time.perf_counter()
+    with collective_errors(trainer, timeout):
+        trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
+    if trainer.is_global_zero:  # rank 0 alone: no collective from here on (see showtell.distributed)
+        out_dir = local_run_folder(trainer)
         write_fit_summary(out_dir, trainer, fit_s, time.perf_counter() - start, model.hparams.test_beam_size)
         print(f"run folder: {out_dir}", flush=True)
     return collected_test_metrics(trainer)

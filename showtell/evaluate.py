@@ -39,10 +39,19 @@ from typing import Any, Literal
 import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from showtell.checkpoints import CheckpointError, read_checkpoint
-from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options
+from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options, quiet_known_warnings
 from showtell.data import CaptionDataModule
+from showtell.distributed import (
+    DEFAULT_TIMEOUT_S,
+    CollectiveTimeoutError,
+    StopOnSigterm,
+    apply_collective_timeout,
+    collective_errors,
+    process_rank,
+)
 from showtell.encoder import WeightsUnavailableError
 from showtell.metrics import caption_metrics, format_metrics_table
 from showtell.module import ShowTellModule
@@ -143,6 +152,9 @@ def build_parser() -> ArgumentParser:
                         help="beam width (1 = greedy); default: the checkpoint's test_beam_size")
     parser.add_argument("--output_dir", type=str | None, default=None,
                         help="default: <checkpoint folder>/eval_<split>_beam<K>")
+    parser.add_argument("--collective_timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="several processes (--trainer.devices N): seconds a collective may wait for the others "
+                             "before the run ends with an error")
     parser.add_class_arguments(CaptionDataModule, "data", skip=set(MODEL_LINKED_DATA_OPTIONS) | {"test_split"})
     # Lightning's own typed Trainer options (the ones that decide where and how decoding runs).
     parser.add_class_arguments(L.Trainer, "trainer", skip=set(inspect.signature(L.Trainer).parameters)
@@ -185,12 +197,16 @@ def evaluate_captions_file(path: str | Path, as_json: bool) -> dict[str, float |
 
 
 def evaluate_checkpoint(model: ShowTellModule, data: CaptionDataModule, output_dir: Path,
-                        trainer_options: dict[str, Any]) -> dict[str, float | None]:
+                        trainer_options: dict[str, Any],
+                        collective_timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, float | None]:
     """Decode and score the data's ``test_split`` through ``trainer.test`` at the model's ``test_beam_size``;
-    the module's ``TestOutputWriter`` writes the outputs on rank 0."""
+    the module's ``TestOutputWriter`` writes the outputs on rank 0. Every rank returns the metrics."""
     trainer = L.Trainer(logger=False, default_root_dir=str(output_dir), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=data.hparams.progress, **trainer_options)
-    trainer.test(model, datamodule=data, verbose=False)
+    apply_collective_timeout(trainer, collective_timeout)
+    trainer.callbacks.append(StopOnSigterm())  # several processes: SIGTERM stops all at the same batch
+    with collective_errors(trainer, collective_timeout):
+        trainer.test(model, datamodule=data, verbose=False)
     if trainer.is_global_zero:
         split = data.test_split
         print(f"wrote {split}_captions.jsonl and {split}_metrics.json to {output_dir}", flush=True)
@@ -198,6 +214,7 @@ def evaluate_checkpoint(model: ShowTellModule, data: CaptionDataModule, output_d
 
 
 def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[str, float | None]:
+    quiet_known_warnings()
     stored = read_checkpoint(ckpt)
     stored_data = dict(stored.get("datamodule_hyper_parameters") or {})
     root = _given_root(argv)
@@ -217,7 +234,10 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
         raise EvaluationError(f"checkpoint {ckpt} was trained on precomputed features (data.features) and has no "
                               f"CNN: give --data.features with the same encoder's features of the images of "
                               f"{data_options['root']}")
-    if other_root:
+    if not args.collective_timeout > 0:
+        raise EvaluationError(f"--collective_timeout must be a positive number of seconds, got "
+                              f"{args.collective_timeout}")
+    if other_root and process_rank() == 0:
         print(f"transfer: evaluating on {root} a model trained on {stored_data.get('root')} (its vocabulary, "
               f"{len(model.vocab)} words; the layout of {root} is detected anew)", flush=True)
     default_dir = Path(ckpt).parent / f"eval_{args.split}_beam{beam_size}"
@@ -225,7 +245,7 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
     trainer_options = {k: v for k, v in args.trainer.as_dict().items() if v is not None}
     data = CaptionDataModule(**data_options)
     data.use_vocabulary(model.vocab)  # decode with the model's words; score against the data's references
-    return evaluate_checkpoint(model, data, output_dir, trainer_options)
+    return evaluate_checkpoint(model, data, output_dir, trainer_options, args.collective_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         # DatasetError is a ValueError; so is the module's vocabulary check
         print(f"evaluate: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    if args.json:
+    except CollectiveTimeoutError as err:
+        print(f"evaluate: {err}", file=sys.stderr, flush=True)
+        return 1
+    except SIGTERMException:
+        print("evaluate: stopped by SIGTERM", file=sys.stderr, flush=True)
+        return 143
+    if args.json and process_rank() == 0:  # every process of a multi-process run has the metrics: print once
         print(json.dumps(metrics_json(metrics)))
     return 0
 

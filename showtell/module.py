@@ -236,14 +236,20 @@ class ShowTellModule(L.LightningModule):
         if self.hparams.scst:
             loss, stats = self._scst_loss(batch)
             for name, value in stats.items():
-                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
+                self._log_train(f"train/{name}", value, size)
         else:
             loss = self._loss(batch)
         self._check_finite(loss, batch_idx)
-        # Step values go to the logger every log_every_n_steps; only epoch means reach the progress bar, so
-        # no step forces a host-device synchronisation.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False, batch_size=size)
+        self._log_train("train/loss", loss, size)
         return loss
+
+    def _log_train(self, name: str, value: Tensor, batch_size: int) -> None:
+        """``<name>_step`` (this process's step value, to the logger every log_every_n_steps) and ``<name>_epoch``
+        (the epoch mean over all processes). Nothing reaches the progress bar, so no step forces a host-device
+        synchronisation; under DDP the epoch mean is synchronised once, at the epoch's end (a per-step sync would
+        be a collective per step, and hangs when processes have unequal batch counts)."""
+        self.log(f"{name}_step", value, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log(f"{name}_epoch", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
 
     def _scst_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Self-critical loss of a batch of training images (``batch.indices``: their index in the training

@@ -2,8 +2,9 @@
 
 ``ShowTellModule.test_step`` decodes and returns one record per image; ``TestOutputWriter`` (a callback the
 module brings along through ``configure_callbacks``, in the spirit of Lightning's ``BasePredictionWriter``)
-collects them, gathers them across DDP processes (each image once), scores them (``score_records``), writes
-``<split>_captions.jsonl`` and ``<split>_metrics.json`` into the run folder on rank 0, prints the table and
+collects them, gathers them across DDP processes (each image once), scores them on rank 0 (``score_records``;
+every rank gets the metrics by broadcast), writes ``<split>_captions.jsonl`` and ``<split>_metrics.json`` into
+the run folder on rank 0, prints the table and
 hands the metrics no other hook logged (METEOR, ...) to the loggers. ``train.py``, ``showtell.evaluate`` and the
 wandb summary read the result with ``collected_test_metrics(trainer)``.
 """
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from showtell.distributed import local_run_folder
 from showtell.metrics import caption_metrics, format_metrics_table
 
 METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider")
@@ -43,11 +45,6 @@ def write_outputs(out_dir: Path, records: list[dict[str, Any]], metrics: dict[st
         for r in records:
             f.write(json.dumps({k: r[k] for k in ("image_id", "caption", "references")}) + "\n")
     (out_dir / f"{split}_metrics.json").write_text(json.dumps(metrics_json(metrics), indent=2) + "\n")
-
-
-def run_folder(trainer: pl.Trainer) -> Path:
-    """Where a run's outputs go: the logger's folder, else the trainer's root."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,15 +77,17 @@ class TestOutputWriter(Callback):
         self.records += outputs or []
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every rank takes the same collectives in the same order (gather, then broadcast); what follows on
+        # rank 0 only (scoring, files, the table, loggers) makes none (see showtell.distributed).
         records = gather_records(self.records)
         if not records:  # a test_step that returned no records (not a captioner's)
             return
-        self.metrics = score_records(records)
+        metrics = score_records(records) if trainer.is_global_zero else None
+        self.metrics = trainer.strategy.broadcast(metrics)  # one scoring (METEOR starts Java), every rank has it
         if not trainer.is_global_zero:
             return
         split = getattr(getattr(trainer, "datamodule", None), "test_split", "test")
-        out_dir = run_folder(trainer)
-        write_outputs(out_dir, records, self.metrics, split)
+        write_outputs(local_run_folder(trainer), records, self.metrics, split)
         beam = getattr(pl_module.hparams, "test_beam_size", "?")
         print(format_metrics_table(self.metrics, title=f"{split} metrics ({len(records)} images, beam {beam})"))
         extra = {f"test/{k}": v for k, v in metrics_json(self.metrics).items()
