@@ -4,6 +4,7 @@
     python -m showtell.evaluate --ckpt CKPT [--split test|val] [--beam_size K] [--output_dir DIR] [--json]
                                 [--data.root DIR --data.batch_size N ...]
                                 [--trainer.accelerator auto --trainer.devices 1 --trainer.precision P]
+                                [--trainer.devices N --trainer.strategy ddp --collective_timeout S]
 
 ``--captions`` reads one JSON object per line with ``caption`` (a string) and ``references`` (a list of
 strings), e.g. the ``test_captions.jsonl`` of a run, and prints BLEU-1..4, METEOR, ROUGE-L and CIDEr-D.
@@ -11,7 +12,9 @@ strings), e.g. the ``test_captions.jsonl`` of a run, and prints BLEU-1..4, METEO
 ``--ckpt`` decodes the split free-running (beam ``K``, default the checkpoint's ``test_beam_size``) through
 ``trainer.test``, exactly as training's test does (devices, DDP and precision included), and writes
 ``<split>_captions.jsonl`` and ``<split>_metrics.json`` (for ``test``: the same files as training's test)
-into ``--output_dir``, by default ``<checkpoint folder>/eval_<split>_beam<K>``. The data options default to
+into ``--output_dir``, by default ``<checkpoint folder>/eval_<split>_beam<K>``. With N processes each decodes its
+share, the captions are gathered (the padding sampler's repeats dropped) and rank 0 scores and writes them: the
+same numbers and files as one process. The data options default to
 those stored in the checkpoint; the encoder and its weights always come from the model. A model trained with
 the default frozen encoder reads the cached encoder features (computed once if missing: this needs the
 pretrained weights); ``--data.cache_features false`` decodes the images through the checkpoint's own CNN.
