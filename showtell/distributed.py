@@ -39,10 +39,11 @@ file is always one complete cache.
 
 SIGTERM (a scheduler's preemption, ``kill``): Lightning 2.6's own multi-process handling broadcasts from inside the
 signal handler and lets each rank leave its validation loop on its own, so ranks end up in different collectives
-(measured here: 4 of 9 SIGTERMs in the 2-process CPU test ended in the collective timeout or a "connection
-reset" traceback; with ``StopOnSigterm``, 0 of 6). ``StopOnSigterm`` replaces it in runs of several processes: the handler only notes the signal (and the
-launching process passes it on to the processes it started); after every training, validation and test batch all
-ranks agree with one ``all_reduce`` (max) and, if any rank was signalled, stop together at that batch.
+(measured here: 4 of 9 SIGTERMs in the 2-process CPU test ended in the collective timeout or a "connection reset"
+traceback; with ``StopOnSigterm``, 0 of 6). ``StopOnSigterm`` replaces it in runs of several processes: the
+handler only notes the signal (and the launching process passes it on to the processes it started); after every
+training, validation and test batch all ranks agree with one ``all_reduce`` (max) and, if any rank was signalled,
+stop together at that batch.
 
 Timeout: each DDP process group gets ``--collective_timeout`` seconds (default ``DEFAULT_TIMEOUT_S``, 30 min, long
 enough for one rank to build the Flickr8k feature cache on a CPU while the others wait at ``pre_setup``); a
@@ -164,7 +165,8 @@ class StopOnSigterm(Callback):
     def _install(self, trainer: Any) -> None:
         """Replace the SIGTERM handler Lightning installs when a stage starts (it restores the previous one at
         the end of the stage)."""
-        if trainer.world_size < 2 or signal.getsignal(signal.SIGTERM) is self._handler and self._handler:
+        installed = self._handler is not None and signal.getsignal(signal.SIGTERM) is self._handler
+        if trainer.world_size < 2 or installed:
             return
 
         def handler(signum: int, frame: Any) -> None:
