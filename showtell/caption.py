@@ -1,43 +1,89 @@
-"""Caption image files with a trained checkpoint.
+"""Caption image files and folders with a trained checkpoint, on one or several devices.
 
-    python -m showtell.caption --ckpt CKPT IMAGE [IMAGE ...] [--beam_size 3] [--top_k K] [--max_len N]
-                               [--device auto|cpu|cuda] [--batch_size 32] [--json]
+    python -m showtell.caption --ckpt CKPT IMAGE_OR_FOLDER [IMAGE_OR_FOLDER ...] [--beam_size 3] [--top_k K]
+                               [--max_len N] [--batch_size 32] [--num_workers 0] [--json]
+                               [--accelerator auto|cpu|gpu|cuda] [--devices N] [--collective_timeout S]
+                               [--parts_dir DIR] [--no_progress]
                                [--references CAPTION_FILE] [--gallery OUT.png [--columns 4]]
 
-Any image PIL reads (JPEG, PNG, grayscale, CMYK, RGBA, ...) is converted to RGB and preprocessed exactly as
-evaluation does in training: ``showtell.data.image_transform`` with the model's encoder weights and the
-checkpoint's ``data.image_size``, no augmentation. Images are decoded in batches through the model's own
-``generate`` (the decoding used by validation and test). Output, in the order of the arguments:
+An argument is an image file or a folder; a folder stands for its image files (``.jpg .jpeg .png .bmp .gif .webp
+.tif .tiff``, any case), sorted by name, not its subfolders. Any image PIL reads (JPEG, PNG, grayscale, CMYK,
+RGBA, ...) is converted to RGB and preprocessed exactly as evaluation does in training:
+``showtell.data.image_transform`` with the model's encoder weights and the checkpoint's ``data.image_size``, no
+augmentation. Images are decoded in batches through Lightning's predict loop (``Trainer.predict``,
+``ShowTellModule.predict_step``: the model's own ``generate``, the decoding of validation and test). Output, in
+the order of the arguments, each image once:
 
 - text: ``PATH<TAB>caption``; with ``--top_k K`` (K > 1) a ``PATH`` line, then ``  1. caption  (log p -1.23)``
   for the K best captions (the beam is widened to K if it is narrower);
 - ``--json``: one JSON object per line, ``{"path", "caption"}`` plus, with K > 1,
   ``"captions": [{"caption", "log_prob"}, ...]`` best first.
 
+Several devices: ``--devices N`` (N > 1) runs Lightning's ``ddp`` strategy, N processes (``--accelerator cpu
+--devices 2`` on a CPU); Lightning starts the other processes by running this same command line again. Process r
+decodes batches r, r+N, r+2N, ... (the batches of a one-process run, so the captions are exactly those of
+``--devices 1``) and writes its results to its own part file; at the end process 0 merges the parts in input
+order and prints them. One process prints as it goes; several print when all are done. The parts folder is a
+fresh folder in the system's temporary folder, or in ``--parts_dir`` (with several machines: a folder all of them
+see). ``--collective_timeout S`` (default 1800) is how long a process waits for the others at a synchronisation
+point before it stops with one line. Several processes need the command line (``main(argv)`` called from Python
+runs one process: Lightning would start the others with the calling program's command line). Memory does not
+grow with the number of images beyond their paths (held once per process in two numpy arrays, ``PathTable``):
+results are streamed to stdout or the part files, and kept only for ``--gallery``. ``--device auto|cpu|cuda`` is
+the deprecated spelling of ``--accelerator``. The progress bar goes to stderr, when stderr is a terminal
+(``--no_progress`` hides it).
+
 ``--references FILE`` (a caption file of any layout showtell reads: ``Flickr8k.token.txt``, ``captions.txt``,
 ``dataset_*.json``) adds each image's human captions, found by file name: ``"references"`` in the JSON lines,
 which ``python -m showtell.evaluate --captions`` then scores, and one reference per photo in the gallery.
 ``--gallery OUT.png`` also writes a contact sheet of the photos with their captions (``showtell.gallery``).
 
-An unreadable file gets ``caption: PATH: reason`` on stderr and exit code 1, the other images are still
-captioned. A bad checkpoint, or one trained on precomputed features without ``--model.attach_encoder`` (it
-has no CNN): one line, exit code 2.
+An unreadable file (missing, truncated, damaged, not an image) gets ``caption: PATH: reason`` on stderr, in
+order, and exit code 1; the other images are still captioned. A folder without image files: one line, exit code
+1. A bad checkpoint or option, or one trained on precomputed features without ``--model.attach_encoder`` (it has
+no CNN): one line before any image is read, exit code 2; so does a multi-process run in which a process crashes
+or stops answering the others (``--collective_timeout``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import heapq
 import json
-import math
+import logging
+import os
+import shutil
+import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+import warnings
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+from typing import IO, Any
 
+import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from showtell.data import image_transform
+from showtell.distributed import (
+    DEFAULT_TIMEOUT_S,
+    CollectiveTimeoutError,
+    apply_collective_timeout,
+    collective_errors,
+    process_rank,
+)
 from showtell.encoder import preprocess_for
 from showtell.evaluate import EvaluationError, load_model
 from showtell.features import ImageLoadError, load_rgb
@@ -47,21 +93,43 @@ from showtell.sources import DatasetError, captions_by_image
 
 Ranked = list[tuple[str, float]]  # (caption, log-probability), best first
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # a folder's image files
+GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
 
 class ImageReadError(ValueError):
     """One image file could not be read; the message is the reason."""
 
 
+class CaptionError(ValueError):
+    """The run cannot go on (one line, exit code 2)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="showtell-caption", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders of them (their image files sorted by name, not recursive)")
     parser.add_argument("--beam_size", type=int, default=3, help="beam width (1 = greedy); default 3")
     parser.add_argument("--top_k", type=int, default=1, help="print the K best captions with log-probabilities")
     parser.add_argument("--max_len", type=int, default=None,
                         help="longest caption in words (default: the model's max_caption_len)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch_size", type=int, default=32, help="images decoded at once")
+    parser.add_argument("--accelerator", choices=ACCELERATORS, default=None,
+                        help="where to decode (Lightning's --trainer.accelerator); default auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="deprecated spelling of --accelerator")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="processes (GPUs, or CPU processes with --accelerator cpu); > 1 runs Lightning's ddp")
+    parser.add_argument("--batch_size", type=int, default=32, help="images decoded at once (per process)")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="image-reading worker processes per decoding process; default 0 (read in-process)")
+    parser.add_argument("--collective_timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds a process waits for the others (several devices); default {DEFAULT_TIMEOUT_S:g}")
+    parser.add_argument("--parts_dir", default=None,
+                        help="where the processes of a multi-device run write their results (default: the system's "
+                             "temporary folder; several machines: a folder they all see)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar (shown on a terminal's stderr)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument("--references", metavar="CAPTION_FILE", default=None,
                         help="a caption file (Flickr8k.token.txt, captions.txt, dataset_*.json): add each image's "
@@ -70,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the photos with their captions as a grid image (png, jpg, pdf, svg)")
     parser.add_argument("--columns", type=int, default=4, help="photos per gallery row; default 4")
     return parser
+
+
+# ----------------------------------------------------------------------------------------------- the images
 
 
 def eval_transform(model: ShowTellModule, data_hparams: dict) -> Callable[[Image.Image], Tensor]:
@@ -87,37 +158,269 @@ def read_image(path: Path, transform: Callable[[Image.Image], Tensor]) -> Tensor
         raise ImageReadError(err.reason) from None
 
 
-@torch.inference_mode()
-def caption_batch(model: ShowTellModule, images: Tensor, beam_size: int, top_k: int,
-                  max_len: int | None) -> list[Ranked]:
-    """(B, 3, H, W) pixels -> per image the ``top_k`` best (caption, log-probability), best first."""
-    decoded = model.generate(images, beam_size=beam_size, top_k=top_k, max_len=max_len)
-    captions = [model.captions_from(decoded, k) for k in range(top_k)]  # K x B token lists
-    log_probs = decoded.log_probs.tolist()  # (B, K)
-    # Tiny vocabularies can have fewer than K distinct captions: the missing ones score -inf.
-    return [[(" ".join(captions[k][b]), log_probs[b][k]) for k in range(top_k) if math.isfinite(log_probs[b][k])]
-            for b in range(len(images))]
+class PathTable:
+    """Many paths in two numpy arrays: their bytes back to back and where each ends.
+
+    No Python object per path: a million paths cost their bytes plus 8 bytes each, and DataLoader worker
+    processes (forked) read them without touching reference counts, so the pages stay shared (a Python list of
+    ``str`` is copied page by page into every worker as it is read)."""
+
+    def __init__(self, paths: Iterable[str] = ()):
+        data, ends = bytearray(), array("q")
+        for path in paths:
+            data += os.fsencode(path)
+            ends.append(len(data))
+        self.data = np.frombuffer(bytes(data), dtype=np.uint8)
+        self.ends = np.frombuffer(ends.tobytes(), dtype=np.int64) if ends else np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> str:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        start = int(self.ends[i - 1]) if i else 0
+        return os.fsdecode(self.data[start:int(self.ends[i])].tobytes())
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    def digest(self) -> str:
+        """A fingerprint of the list (equal in every process that listed the same files)."""
+        h = hashlib.sha1(self.data.tobytes())
+        h.update(self.ends.tobytes())
+        return h.hexdigest()
 
 
-def caption_files(model: ShowTellModule, paths: Sequence[str], transform: Callable[[Image.Image], Tensor], *,
-                  beam_size: int, top_k: int, max_len: int | None, batch_size: int,
-                  device: torch.device) -> Iterator[tuple[str, Ranked | ImageReadError]]:
-    """(path, ranked captions or the read error) for every path, in order, ``batch_size`` images at a time."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        read: dict[int, Tensor] = {}
-        errors: dict[int, ImageReadError] = {}
-        for i, path in enumerate(chunk):
+def folder_images(folder: str) -> list[str]:
+    """The image files of ``folder`` (by suffix, any case), sorted by name, as ``folder/name``; not recursive."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries
+                       if e.name.lower().endswith(IMAGE_SUFFIXES) and not e.is_dir())
+    return [os.path.join(folder, name) for name in names]
+
+
+def expand_inputs(arguments: Sequence[str]) -> tuple[PathTable, list[str]]:
+    """The arguments with each folder replaced in place by its image files; and one problem line per folder
+    that gives none. Any other argument stays as given (a missing file is reported when it is read)."""
+    problems: list[str] = []
+
+    def paths() -> Iterator[str]:
+        for argument in arguments:
+            if not os.path.isdir(argument):
+                yield argument
+                continue
             try:
-                read[i] = read_image(Path(path), transform)
-            except ImageReadError as err:
-                errors[i] = err
-        ranked: dict[int, Ranked] = {}
-        if read:
-            images = torch.stack(list(read.values())).to(device)  # (B, 3, H, W)
-            ranked = dict(zip(read, caption_batch(model, images, beam_size, top_k, max_len)))
-        for i, path in enumerate(chunk):
-            yield path, errors[i] if i in errors else ranked[i]
+                found = folder_images(argument)
+            except OSError as err:
+                problems.append(f"{argument}: cannot list the folder ({err.strerror or err})")
+                continue
+            if not found:
+                problems.append(f"{argument}: no image files ({' '.join(IMAGE_SUFFIXES)}) in this folder")
+            yield from found
+
+    return PathTable(paths()), problems
+
+
+class ImageFiles(Dataset):
+    """Preprocessed images by index; a file that cannot be read gives its reason (a str) instead of pixels."""
+
+    def __init__(self, paths: PathTable, transform: Callable[[Image.Image], Tensor]):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | str]:
+        try:
+            return index, self.transform(load_rgb(Path(self.paths[index])))
+        except ImageLoadError as err:
+            return index, err.reason
+
+
+@dataclass
+class ImageBatch:
+    indices: list[int]  # the dataset indices of the images read, in the order of ``images``
+    images: Tensor | None  # (G, 3, H, W) those images; None when no file of the batch could be read
+    errors: list[tuple[int, str]]  # (dataset index, reason) of the files that could not be read
+
+
+def collate_images(items: Sequence[tuple[int, Tensor | str]]) -> ImageBatch:
+    """Stack the images that were read; keep the others' reasons."""
+    good = [(i, x) for i, x in items if isinstance(x, Tensor)]
+    return ImageBatch([i for i, _ in good], torch.stack([x for _, x in good]) if good else None,
+                      [(i, x) for i, x in items if not isinstance(x, Tensor)])
+
+
+class ProcessBatches:
+    """This process's share of the batches of ``size`` consecutive images: batch b goes to process
+    b mod world size, so every image is decoded in the batch a one-process run decodes it in (identical
+    captions and log-probabilities whatever the number of processes). Processes with one batch fewer get an
+    empty batch instead, so that every process runs the same number of steps and at least one: Lightning skips
+    a process's predict loop, epoch-end hooks included, when it has no batch, and the others would wait for it.
+
+    The rank and world size are read when the loop starts (the process group exists then)."""
+
+    def __init__(self, count: int, size: int):
+        self.count, self.size = count, size
+
+    @staticmethod
+    def _rank() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _shares(self) -> tuple[range, int]:
+        rank, world = self._rank()
+        batches = -(-self.count // self.size)
+        return range(rank, batches, world), -(-batches // world)
+
+    def __len__(self) -> int:
+        return self._shares()[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine, steps = self._shares()
+        for b in mine:
+            yield list(range(b * self.size, min(self.count, (b + 1) * self.size)))
+        for _ in range(steps - len(mine)):
+            yield []
+
+
+# --------------------------------------------------------------------------------------- the Lightning parts
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the predict bar on stderr: stdout carries the captions."""
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return Tqdm(desc=self.predict_description, position=2 * self.process_position, disable=self.is_disabled,
+                    leave=True, dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Finished before CaptionWriter (after it in the callbacks) prints the merged lines; closing is idempotent.
+        if self._predict_progress_bar is not None:
+            self._predict_progress_bar.close()
+
+
+Report = Callable[[str, "Ranked | ImageReadError"], None]
+
+
+def _part_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            yield record["index"], record
+
+
+def merge_parts(parts: Sequence[Path]) -> Iterator[tuple[int, dict]]:
+    """(index, record) of the part files (each in increasing index order) in index order, streaming (one line of
+    each file in memory), each index once (the first occurrence of a repeated one)."""
+    last = -1
+    for index, record in heapq.merge(*(_part_records(p) for p in parts), key=itemgetter(0)):
+        if index == last:
+            continue
+        if index < last:
+            raise RuntimeError(f"caption part files out of order (index {index} after {last})")
+        last = index
+        yield index, record
+
+
+class CaptionWriter(BasePredictionWriter):
+    """Results of ``predict_step`` -> ``report(path, ranked captions or ImageReadError)``, in input order, once
+    per image, on process 0 only.
+
+    One process: each batch is reported as it ends. Several: in ``setup`` (all processes) process 0 makes a
+    parts folder and broadcasts it, with its file list's size and fingerprint, which every process checks
+    against its own; each process writes its results as JSON lines to ``rank-NNNNN.jsonl`` there; at epoch end
+    every process closes its file and waits at a barrier, then process 0 merges the parts (``merge_parts``),
+    reports them and deletes the folder. Every collective is on a path that all processes take."""
+
+    def __init__(self, paths: PathTable, report: Report, parts_dir: str | None = None):
+        super().__init__(write_interval="batch")
+        self.paths, self.report, self.parts_dir = paths, report, parts_dir
+        self.folder: Path | None = None
+        self._file: IO[str] | None = None
+        self.reported = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.reported = 0
+        if trainer.world_size == 1:
+            return
+        strategy = trainer.strategy
+        folder = tempfile.mkdtemp(prefix="showtell-caption-", dir=self.parts_dir) if trainer.is_global_zero else None
+        folder, count, digest = strategy.broadcast((folder, len(self.paths), self.paths.digest()), src=0)
+        same = strategy.reduce_boolean_decision((count, digest) == (len(self.paths), self.paths.digest()), all=True)
+        seen = strategy.reduce_boolean_decision(os.path.isdir(folder), all=True)
+        if not (same and seen):
+            if trainer.is_global_zero:
+                shutil.rmtree(folder, ignore_errors=True)
+            if not same:
+                raise CaptionError("the processes found different image files (a folder changed while they "
+                                   "started?); run again")
+            raise CaptionError(f"the parts folder {folder} (made by process 0) is not visible to every process; "
+                               "give --parts_dir a folder all machines see")
+        self.folder = Path(folder)
+        part = self.folder / f"rank-{trainer.global_rank:05d}.jsonl"
+        self._file = open(part, "w", encoding="utf-8")  # noqa: SIM115 (closed at epoch end, or on an exception)
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: ImageBatch, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        results: list[tuple[int, Ranked | str]] = [*zip(batch.indices, prediction), *batch.errors]
+        results.sort(key=itemgetter(0))
+        if self._file is None:  # one process: report now, in order
+            for index, result in results:
+                self._report(index, ImageReadError(result) if isinstance(result, str) else result)
+            return
+        for index, result in results:
+            record = {"index": index, "error": result} if isinstance(result, str) else \
+                {"index": index, "captions": [[c, lp] for c, lp in result]}
+            self._file.write(json.dumps(record) + "\n")
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.folder is None:
+            self._check_complete()
+            return
+        self._close()
+        trainer.strategy.barrier("showtell-caption-parts")  # every process: all parts are complete after it
+        if not trainer.is_global_zero:
+            return
+        try:
+            for index, record in merge_parts(sorted(self.folder.glob("rank-*.jsonl"))):
+                self._report(index, ImageReadError(record["error"]) if "error" in record else
+                             [(c, lp) for c, lp in record["captions"]])
+        finally:
+            self._remove_folder()
+        self._check_complete()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close()
+        if trainer.is_global_zero:
+            self._remove_folder()
+
+    def _report(self, index: int, result: Ranked | ImageReadError) -> None:
+        self.report(self.paths[index], result)
+        self.reported += 1
+
+    def _check_complete(self) -> None:
+        if self.reported != len(self.paths):
+            raise RuntimeError(f"captioned {self.reported} of {len(self.paths)} images: some results were lost")
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _remove_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+# ------------------------------------------------------------------------------------------------ the command
 
 
 def format_result(path: str, ranked: Ranked, top_k: int, as_json: bool,
@@ -135,28 +438,38 @@ def format_result(path: str, ranked: Ranked, top_k: int, as_json: bool,
     return "\n".join([path, *(f"  {r}. {c}  (log p {lp:.2f})" for r, (c, lp) in enumerate(ranked, 1))])
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _accelerator(args: argparse.Namespace) -> str:
+    """``--accelerator``, or the deprecated ``--device``; an error for a GPU that is not there."""
+    if args.accelerator is not None and args.device is not None and args.accelerator != args.device:
+        raise EvaluationError(f"--device {args.device} (deprecated) contradicts --accelerator {args.accelerator}; "
+                              "give --accelerator only")
+    name = args.accelerator or args.device or "auto"
+    flag = "--accelerator" if args.accelerator is not None or args.device is None else "--device"
     if name == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda: no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+        raise EvaluationError(f"{flag} cuda: no CUDA GPU is available; use {flag} cpu")
+    if name == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise EvaluationError(f"{flag} gpu: no CUDA GPU (or Apple MPS) is available; use {flag} cpu")
+    return name
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    for flag in ("beam_size", "top_k", "batch_size", "max_len", "columns"):
+    for flag in ("beam_size", "top_k", "batch_size", "max_len", "columns", "devices"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise EvaluationError(f"--{flag} must be at least 1, got {value}")
+    if args.num_workers < 0:
+        raise EvaluationError(f"--num_workers must be at least 0, got {args.num_workers}")
+    if not args.collective_timeout > 0:
+        raise EvaluationError(f"--collective_timeout must be a positive number of seconds, got "
+                              f"{args.collective_timeout:g}")
+    if args.parts_dir is not None and not os.path.isdir(args.parts_dir):
+        raise EvaluationError(f"--parts_dir {args.parts_dir}: no such folder")
     if args.gallery is not None:
         gallery = Path(args.gallery)
         if gallery.suffix.lower() not in GALLERY_SUFFIXES:
             raise EvaluationError(f"--gallery {gallery}: name a {', '.join(GALLERY_SUFFIXES)} file")
         if not gallery.parent.is_dir():
             raise EvaluationError(f"--gallery {gallery}: folder {gallery.parent} does not exist")
-
-
-GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 def read_references(path: str) -> dict[str, list[str]]:
@@ -167,50 +480,134 @@ def read_references(path: str) -> dict[str, list[str]]:
         raise EvaluationError(f"--references: {err}") from None
 
 
+class Printer:
+    """Process 0's output: one result at a time, in input order (``CaptionWriter``'s ``report``)."""
+
+    def __init__(self, args: argparse.Namespace, references: dict[str, list[str]]):
+        self.args, self.references = args, references
+        self.failed = 0
+        self.gallery: list[GalleryItem] = []  # kept only for --gallery
+
+    def __call__(self, path: str, result: Ranked | ImageReadError) -> None:
+        args = self.args
+        if isinstance(result, ImageReadError):
+            print(f"caption: {path}: {result}", file=sys.stderr, flush=True)
+            self.failed += 1
+            return
+        refs = self.references.get(Path(path).name)
+        if args.references and not refs:
+            print(f"caption: {path}: no references in {args.references} (no 'references' in its line)",
+                  file=sys.stderr, flush=True)
+        print(format_result(path, result, args.top_k, args.json, refs), flush=True)
+        if args.gallery is not None:
+            self.gallery.append(GalleryItem(path, result, refs[0] if refs else None))
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """No Lightning chatter (accelerator info lines, hints about data loader workers and custom samplers, a
+    deprecation inside Lightning): the command's stderr carries its own lines only."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers")
+        warnings.filterwarnings("ignore", message=r".*custom batch sampler")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on new torch
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def _predict(args: argparse.Namespace, model: ShowTellModule, paths: PathTable,
+             transform: Callable[[Image.Image], Tensor], accelerator: str, printer: Printer,
+             launched_as_given: bool) -> None:
+    """Caption ``paths`` through ``Trainer.predict``; process 0 reports every result through ``printer``."""
+    writer = CaptionWriter(paths, printer, args.parts_dir)
+    progress = not args.no_progress and sys.stderr.isatty()
+    trainer = L.Trainer(accelerator=accelerator, devices=args.devices,
+                        strategy="ddp" if args.devices > 1 else "auto", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=progress,
+                        callbacks=[*([StderrProgressBar()] if progress else []), writer],
+                        use_distributed_sampler=False)
+    if trainer.world_size > 1 and not launched_as_given:
+        raise EvaluationError("--devices > 1 runs from the command line only (python -m showtell.caption ...): "
+                              "Lightning starts the other processes by running this process's command line again")
+    apply_collective_timeout(trainer, args.collective_timeout)
+    model.predict_decoding = {"beam_size": max(args.beam_size, args.top_k), "top_k": args.top_k,
+                              "max_len": args.max_len}
+    loader = DataLoader(ImageFiles(paths, transform), batch_sampler=ProcessBatches(len(paths), args.batch_size),
+                        num_workers=args.num_workers, collate_fn=collate_images,
+                        pin_memory=accelerator in ("cuda", "gpu") and torch.cuda.is_available())
+    try:
+        with collective_errors(trainer, args.collective_timeout):
+            trainer.predict(model, dataloaders=loader, return_predictions=False)
+    except BaseException as err:
+        # Lightning leaves the processes it started running when process 0 fails: they would wait for it
+        # until their own timeout.
+        kill = getattr(trainer.strategy.launcher, "kill", None) if trainer.world_size > 1 else None
+        if kill is not None:
+            kill(signal.SIGKILL)
+        if trainer.world_size > 1 and _lost_peer(err):
+            raise CaptionError(f"process {trainer.global_rank}: another process of the run stopped or crashed "
+                               f"(see its output above): {str(err).split('] ', 1)[-1][:160]}") from None
+        raise
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another process went away (gloo: "Connection closed by
+    peer"), rather than an error of this process."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("closed by peer" in text or "reset by peer" in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Caption the images; returns the exit code (0 ok, 1 some files unreadable, 2 bad checkpoint/options)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed by argparse
         return int(done.code or 0)
+    first = process_rank() == 0  # process 0 of a multi-device run (the others run this again), or the only one
     try:
         _check_options(args)
-        device = _device(args.device)
+        accelerator = _accelerator(args)
         model, data_hparams = load_model(args.ckpt)
         if model.encoder.backbone is None:
             raise EvaluationError(f"checkpoint {args.ckpt} was trained on precomputed features (data.features) "
                                   "without --model.attach_encoder, so it has no CNN to read images with; use a "
                                   "checkpoint trained on images or with an attached encoder")
         transform = eval_transform(model, data_hparams)
-        references = read_references(args.references) if args.references else {}
+        references = read_references(args.references) if args.references and first else {}
     except ValueError as err:  # EvaluationError, or unknown encoder weights in the checkpoint
         print(f"caption: {err}", file=sys.stderr)
         return 2
-    model.to(device)
-    results = caption_files(model, args.images, transform, beam_size=max(args.beam_size, args.top_k),
-                            top_k=args.top_k, max_len=args.max_len, batch_size=args.batch_size, device=device)
-    failed = 0
-    gallery: list[GalleryItem] = []
-    for path, result in results:
-        if isinstance(result, ImageReadError):
-            print(f"caption: {path}: {result}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        refs = references.get(Path(path).name)
-        if args.references and not refs:
-            print(f"caption: {path}: no references in {args.references} (no 'references' in its line)",
-                  file=sys.stderr, flush=True)
-        print(format_result(path, result, args.top_k, args.json, refs), flush=True)
-        gallery.append(GalleryItem(path, result, refs[0] if refs else None))
-    if args.gallery is not None and gallery:
+    paths, problems = expand_inputs(args.images)
+    if first:
+        for problem in problems:
+            print(f"caption: {problem}", file=sys.stderr, flush=True)
+    printer = Printer(args, references)
+    if len(paths) or not first:  # the other processes always join process 0's collectives
+        launched_as_given = argv is None or list(argv) == sys.argv[1:]
         try:
-            written = write_gallery(args.gallery, gallery, top_k=args.top_k, columns=args.columns,
+            with _quiet_lightning():
+                _predict(args, model, paths, transform, accelerator, printer, launched_as_given)
+        except (ValueError, MisconfigurationException, CollectiveTimeoutError) as err:  # options, a timeout
+            print(f"caption: {err}", file=sys.stderr, flush=True)
+            return 2
+    if not first:
+        return 0
+    if args.gallery is not None and printer.gallery:
+        try:
+            written = write_gallery(args.gallery, printer.gallery, top_k=args.top_k, columns=args.columns,
                                     title=f"{Path(args.ckpt).name}, beam {max(args.beam_size, args.top_k)}")
         except GalleryError as err:
             print(f"caption: {err}", file=sys.stderr)
             return 2
-        print(f"gallery: {written} ({len(gallery)} images)", file=sys.stderr, flush=True)
-    return 1 if failed else 0
+        print(f"gallery: {written} ({len(printer.gallery)} images)", file=sys.stderr, flush=True)
+    return 1 if printer.failed or problems else 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ place                                       collective                          
                                             metrics rank 0 scored
 ``SampleCaptionsTable.setup`` (wandb)       ``trainer.log_dir`` (rank 0's run folder)                all
 ``ModelCheckpoint`` (Lightning)             path broadcast, ``save_checkpoint`` barrier            all
-``showtell.caption`` ``CaptionWriter``      ``strategy.broadcast`` of the parts folder (setup),     all
+``showtell.caption`` ``CaptionWriter``      ``strategy.broadcast`` of the parts folder and the      all
+                                            file list's fingerprint, two ``reduce_boolean_decision``
+                                            (same files, folder visible) at setup;
                                             ``strategy.barrier`` before rank 0 merges
 ==========================================  ======================================================  ============
 

@@ -352,6 +352,31 @@ class ShowTellModule(L.LightningModule):
     def configure_callbacks(self) -> list:
         return [TestOutputWriter()]
 
+    def predict_step(self, batch: Any, batch_idx: int = 0) -> list[list[tuple[str, float]]]:
+        """Captions for ``Trainer.predict`` (``python -m showtell.caption``): per image of ``batch`` (pixels
+        (B, 3, H, W), or an object whose ``images`` holds them, or None when none of its files could be read)
+        its ranked (caption, log-probability) list, best first. The decoding is ``self.predict_decoding``
+        (keyword arguments of ``ranked_captions``: ``beam_size``, ``top_k``, ``max_len``), which the caller sets
+        before ``predict`` in every process; without it, the test beam and the best caption only."""
+        images = batch if isinstance(batch, Tensor) else batch.images
+        if images is None or len(images) == 0:
+            return []
+        decoding = getattr(self, "predict_decoding", None) or {"beam_size": self.hparams.test_beam_size}
+        return self.ranked_captions(images, **decoding)
+
+    @torch.inference_mode()
+    def ranked_captions(self, images: Tensor, beam_size: int = 1, top_k: int = 1,
+                        max_len: int | None = None) -> list[list[tuple[str, float]]]:
+        """(B, 3, H, W) pixels (or (B, D) features) -> per image the ``top_k`` best (caption, log-probability),
+        best first; the beam is widened to ``top_k`` if it is narrower."""
+        decoded = self.generate(images, beam_size=max(beam_size, top_k), top_k=top_k, max_len=max_len)
+        captions = [self.captions_from(decoded, k) for k in range(top_k)]  # K x B token lists
+        log_probs = decoded.log_probs.tolist()  # (B, K)
+        # Tiny vocabularies can have fewer than K distinct captions: the missing ones score -inf.
+        finite = torch.isfinite(decoded.log_probs).tolist()
+        return [[(" ".join(captions[k][b]), log_probs[b][k]) for k in range(top_k) if finite[b][k]]
+                for b in range(len(images))]
+
     # ----- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams

@@ -13,7 +13,16 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from showtell.caption import eval_transform, main, read_image
+from showtell.caption import (
+    PathTable,
+    ProcessBatches,
+    StderrProgressBar,
+    collate_images,
+    eval_transform,
+    main,
+    merge_parts,
+    read_image,
+)
 from showtell.data import Flickr8kDataModule
 from showtell.module import ShowTellModule
 
@@ -139,3 +148,113 @@ def test_module_entry_point(tiny_checkpoint, images):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["path"] == str(images["rgba"]) and isinstance(record["caption"], str)
+
+
+# ------------------------------------------------------------------------- folders, the predict loop's parts
+def test_folder_arguments_expand_sorted_in_place(tiny_checkpoint, images, demo_root, tmp_path, capsys):
+    """A folder stands for its image files (any case of the suffixes), sorted by name, not recursive; file
+    arguments keep their place; every entry is captioned once, in order."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    demo = sorted((demo_root / "Images").iterdir())
+    for name, source in [("b.png", images["gray"]), ("A.JPG", demo[2]), ("c.jpeg", demo[3]), ("d.TIFF", demo[4])]:
+        Image.open(source).save(folder / name)
+    (folder / "notes.txt").write_text("not listed\n")
+    Image.open(demo[5]).save(folder / "sub" / "e.jpg")  # a subfolder's image: not listed
+    paths = [str(images["demo0"]), str(folder), str(images["rgba"])]
+    assert main(["--ckpt", str(tiny_checkpoint), *paths, "--json", "--batch_size", "2"]) == 0
+    listed = [json.loads(line)["path"] for line in _lines(capsys.readouterr().out)]
+    assert listed == [str(images["demo0"]), *(str(folder / n) for n in ("A.JPG", "b.png", "c.jpeg", "d.TIFF")),
+                      str(images["rgba"])]
+
+
+def test_folder_without_images_is_reported(tiny_checkpoint, images, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--ckpt", str(tiny_checkpoint), str(empty), str(images["demo0"])]) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in _lines(captured.out)] == [str(images["demo0"])]
+    assert _lines(captured.err) == [f"caption: {empty}: no image files (.jpg .jpeg .png .bmp .gif .webp .tif .tiff) "
+                                    "in this folder"]
+    assert main(["--ckpt", str(tiny_checkpoint), str(empty)]) == 1  # nothing to caption: no Trainer at all
+    assert capsys.readouterr().out == ""
+
+
+def test_path_table_round_trip():
+    paths = ["a.jpg", "dir/ünïcödé photo.png", "", "x" * 300, "/abs/path.JPEG"]
+    table = PathTable(iter(paths))
+    assert len(table) == 5 and list(table) == paths and table[-1] == paths[-1]
+    assert table.digest() == PathTable(paths).digest() != PathTable(paths[:-1]).digest()
+    assert len(PathTable()) == 0 and list(PathTable()) == []
+    with pytest.raises(IndexError):
+        table[5]
+
+
+@pytest.mark.parametrize("count,size,world", [(11, 3, 2), (10, 3, 2), (1, 32, 2), (5, 2, 4), (7, 7, 3), (9, 2, 1)])
+def test_process_batches_share_whole_batches(count, size, world, monkeypatch):
+    """Process r gets batches r, r+W, ... of a one-process run (same batches: same captions), every process the
+    same number of steps (empty batches pad), at least one, and together every image exactly once."""
+    one = list(ProcessBatches(count, size))
+    shares = []
+    for rank in range(world):
+        monkeypatch.setattr(ProcessBatches, "_rank", staticmethod(lambda r=rank: (r, world)))
+        sampler = ProcessBatches(count, size)
+        shares.append(list(sampler))
+        assert len(sampler) == len(shares[-1]) >= 1
+        assert all(batch in one for batch in shares[-1] if batch)
+    assert len({len(s) for s in shares}) == 1
+    assert sorted(i for s in shares for batch in s for i in batch) == list(range(count))
+
+
+def test_merge_parts_streams_in_index_order_once(tmp_path):
+    parts = [tmp_path / "rank-00000.jsonl", tmp_path / "rank-00001.jsonl", tmp_path / "rank-00002.jsonl"]
+    shares = [[0, 1, 2, 9, 10], [3, 4, 5, 10], [6, 7, 8, 10]]  # 10: padded copies; the first one is kept
+    for rank, (part, share) in enumerate(zip(parts, shares)):
+        part.write_text("".join(json.dumps({"index": i, "error": f"rank {rank}"}) + "\n" for i in share))
+    merged = list(merge_parts(parts))
+    assert [i for i, _ in merged] == list(range(11)) and merged[10][1]["error"] == "rank 0"
+    parts[2].write_text("".join(json.dumps({"index": i}) + "\n" for i in (8, 7)))
+    with pytest.raises(RuntimeError, match="out of order"):
+        list(merge_parts(parts))
+
+
+def test_predict_step_equals_generate(tiny_checkpoint, images):
+    model = ShowTellModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu").eval()
+    transform = eval_transform(model, _stored(tiny_checkpoint)["datamodule_hyper_parameters"])
+    pixels = torch.stack([read_image(images[k], transform) for k in ("demo0", "demo1", "gray")])
+    decoded = model.generate(pixels, beam_size=3, top_k=2)
+    model.predict_decoding = {"beam_size": 3, "top_k": 2, "max_len": None}
+    ranked = model.predict_step(collate_images([(0, pixels[0]), (1, "bad"), (2, pixels[1]), (3, pixels[2])]))
+    assert [[c for c, _ in r] for r in ranked] == [[" ".join(model.captions_from(decoded, k)[b]) for k in range(2)]
+                                                   for b in range(3)]
+    assert [[lp for _, lp in r] for r in ranked] == decoded.log_probs.tolist()
+    assert model.predict_step(collate_images([(0, "bad")])) == []
+
+
+def test_accelerator_options(tiny_checkpoint, images, capsys):
+    image = str(images["demo0"])
+    assert main(["--ckpt", str(tiny_checkpoint), image, "--accelerator", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert main(["--ckpt", str(tiny_checkpoint), image, "--device", "cpu"]) == 0  # the deprecated spelling
+    assert capsys.readouterr().out == out
+    assert main(["--ckpt", str(tiny_checkpoint), image, "--device", "cpu", "--accelerator", "cuda"]) == 2
+    assert "contradicts --accelerator cuda" in capsys.readouterr().err
+    for flag, value in [("--devices", "0"), ("--num_workers", "-1"), ("--collective_timeout", "0")]:
+        assert main(["--ckpt", str(tiny_checkpoint), image, flag, value]) == 2
+        assert flag in capsys.readouterr().err
+    # Lightning would start the other processes with this process's command line (pytest's): refused.
+    assert main(["--ckpt", str(tiny_checkpoint), image, "--accelerator", "cpu", "--devices", "2"]) == 2
+    assert "from the command line only" in capsys.readouterr().err
+
+
+def test_num_workers_and_progress_bar_on_stderr(tiny_checkpoint, images, capsys):
+    paths = [str(images["demo0"]), str(images["gray"])]
+    assert main(["--ckpt", str(tiny_checkpoint), *paths, "--beam_size", "1"]) == 0
+    expected = capsys.readouterr().out
+    assert main(["--ckpt", str(tiny_checkpoint), *paths, "--beam_size", "1", "--num_workers", "2"]) == 0
+    assert capsys.readouterr().out == expected
+    bar = StderrProgressBar().init_predict_tqdm()
+    bar.update(1)
+    bar.close()
+    captured = capsys.readouterr()
+    assert "Predicting" in captured.err and captured.out == ""
