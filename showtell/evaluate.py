@@ -227,6 +227,9 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
     beam_size = stored["hyper_parameters"].get("test_beam_size", 1) if args.beam_size is None else args.beam_size
     if beam_size < 1:
         raise EvaluationError(f"--beam_size must be at least 1, got {beam_size}")
+    if not args.collective_timeout > 0:
+        raise EvaluationError(f"--collective_timeout must be a positive number of seconds, got "
+                              f"{args.collective_timeout}")
     model, _ = load_model(ckpt, test_beam_size=beam_size)
     if model.vocab is None:
         raise EvaluationError(f"checkpoint {ckpt} holds no vocabulary (not written by train.py); evaluate a "
@@ -237,9 +240,6 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
         raise EvaluationError(f"checkpoint {ckpt} was trained on precomputed features (data.features) and has no "
                               f"CNN: give --data.features with the same encoder's features of the images of "
                               f"{data_options['root']}")
-    if not args.collective_timeout > 0:
-        raise EvaluationError(f"--collective_timeout must be a positive number of seconds, got "
-                              f"{args.collective_timeout}")
     if other_root and process_rank() == 0:
         print(f"transfer: evaluating on {root} a model trained on {stored_data.get('root')} (its vocabulary, "
               f"{len(model.vocab)} words; the layout of {root} is detected anew)", flush=True)

@@ -179,3 +179,14 @@ def test_bad_checkpoint(tmp_path, capsys, kind):
     expected = {"missing": "does not exist", "text": "not a readable PyTorch checkpoint",
                 "not_showtell": "not a showtell checkpoint"}[kind]
     assert expected in err
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--beam_size", "0", "--beam_size must be at least 1, got 0"),
+    ("--collective_timeout", "0", "--collective_timeout must be a positive number of seconds, got 0.0"),
+])
+def test_bad_decoding_options_end_before_the_data_is_read(tiny_checkpoint, tmp_path, capsys, flag, value, expected):
+    assert main(["--ckpt", str(tiny_checkpoint), "--output_dir", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"evaluate: {expected}"
+    assert not any(tmp_path.iterdir())  # nothing decoded or written
