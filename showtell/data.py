@@ -410,9 +410,13 @@ class CaptionDataModule(L.LightningDataModule):
         transform = image_transform(preprocess_for(hp.encoder, hp.weights, None), hp.image_size, augment=False)
 
         def compute():
-            backbone, _ = build_backbone(hp.encoder, hp.weights)
-            return extract_features(backbone, [self.corpus.image_path(n) for n in names], transform,
-                                    num_workers=hp.num_workers, progress=hp.progress)
+            # On forked random streams: building a CNN (random init) and iterating a DataLoader (its workers'
+            # base seed) draw from torch's global generator, so a run that builds the cache would otherwise train
+            # with other random numbers than every later run of the same command, which reads it.
+            with torch.random.fork_rng(devices=[]):
+                backbone, _ = build_backbone(hp.encoder, hp.weights)
+                return extract_features(backbone, [self.corpus.image_path(n) for n in names], transform,
+                                        num_workers=hp.num_workers, progress=hp.progress)
 
         try:
             return cached_features(self._cache_file(), names, compute)
@@ -481,9 +485,12 @@ class CaptionDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         bucket = self.hparams.bucket_by_length and not self.hparams.train_per_image  # images: nothing to pad
-        return BucketBatchSampler(self.datasets["train"].lengths, self.hparams.batch_size,
-                                  bucket=bucket, seed=self.shuffle_seed,
-                                  num_replicas=replicas, rank=rank)
+        sampler = BucketBatchSampler(self.datasets["train"].lengths, self.hparams.batch_size,
+                                     bucket=bucket, seed=self.shuffle_seed, num_replicas=replicas, rank=rank)
+        # Lightning creates the first iterator of a fit (which draws the whole epoch's order) before it calls
+        # set_epoch; a resumed fit must start from its own epoch's order, not epoch 0's.
+        sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        return sampler
 
     @property
     def shuffle_seed(self) -> int:

@@ -222,3 +222,29 @@ def test_image_dir_option_and_image_folder(demo_root, tmp_path):
     assert _dm(demo_root, tmp_path, features=str(tmp_path / "f.npz")).image_folder == demo_root / "Images"
     with_dir = _dm(root, tmp_path, features=str(tmp_path / "f.npz"), image_dir=str(elsewhere))
     assert with_dir.image_folder == elsewhere and with_dir.image_path(name) == elsewhere / name
+
+
+def test_building_the_feature_cache_leaves_the_random_streams_as_they_were(demo_root, tmp_path):
+    """A run that builds the cache must train with the random numbers of every later run, which reads it: building
+    the (randomly initialised) CNN and iterating the extraction loader draw from torch's generator otherwise."""
+    dm = Flickr8kDataModule(**tiny_data_kwargs(demo_root), cache_dir=str(tmp_path / "cache"))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    dm.prepare_data()  # builds the cache
+    assert list((tmp_path / "cache").glob("features_*.npz")), "the cache was not built"
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_resumed_fit_starts_from_its_own_epochs_batch_order(demo_root, tmp_path):
+    """Lightning creates a fit's first train iterator before calling set_epoch: the sampler must already hold
+    the trainer's epoch (a fit resumed at epoch 3 must not replay epoch 0's order)."""
+    from types import SimpleNamespace
+
+    dm = _dm(demo_root, tmp_path, cache_features=True)
+    orders = {}
+    for epoch in (0, 3):
+        dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=epoch, overfit_batches=0)
+        orders[epoch] = [batch.indices.tolist() for batch in dm.train_dataloader()]
+    reference = dm.train_sampler()
+    reference.set_epoch(3)
+    assert orders[3] == reference.epoch_batches() != orders[0]
