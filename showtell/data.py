@@ -177,6 +177,14 @@ def _say(line: str) -> None:
     print(line, flush=True)  # once per run, not once per DDP process
 
 
+def _epoch_to_train(trainer: Any) -> int:
+    """The epoch Lightning passes to the train sampler's ``set_epoch`` next (0 without a trainer)."""
+    progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None), "current", None)
+    if progress is not None:
+        return int(progress.processed)
+    return int(getattr(trainer, "current_epoch", 0) or 0)
+
+
 def _passthrough(batch: Batch) -> Batch:
     return batch  # the dataset already returns a collated Batch
 
@@ -487,9 +495,10 @@ class CaptionDataModule(L.LightningDataModule):
         bucket = self.hparams.bucket_by_length and not self.hparams.train_per_image  # images: nothing to pad
         sampler = BucketBatchSampler(self.datasets["train"].lengths, self.hparams.batch_size,
                                      bucket=bucket, seed=self.shuffle_seed, num_replicas=replicas, rank=rank)
-        # Lightning creates the first iterator of a fit (which draws the whole epoch's order) before it calls
-        # set_epoch; a resumed fit must start from its own epoch's order, not epoch 0's.
-        sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        # Lightning creates (and prefetches from) the first iterator of a fit before it calls set_epoch; so the
+        # sampler starts at the epoch Lightning is about to set (its fit loop's processed epochs: after a resume
+        # from the end of epoch k, that is k + 1, while trainer.current_epoch still says k), not at epoch 0.
+        sampler.set_epoch(_epoch_to_train(trainer))
         return sampler
 
     @property

@@ -243,7 +243,11 @@ def test_a_resumed_fit_starts_from_its_own_epochs_batch_order(demo_root, tmp_pat
     dm = _dm(demo_root, tmp_path, cache_features=True)
     orders = {}
     for epoch in (0, 3):
-        dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=epoch, overfit_batches=0)
+        # Resumed from the end of epoch 2: Lightning's fit loop has processed 3 epochs and sets epoch 3 next,
+        # while trainer.current_epoch still says 2.
+        progress = SimpleNamespace(current=SimpleNamespace(processed=epoch))
+        dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=max(epoch - 1, 0), overfit_batches=0,
+                                     fit_loop=SimpleNamespace(epoch_progress=progress))
         orders[epoch] = [batch.indices.tolist() for batch in dm.train_dataloader()]
     reference = dm.train_sampler()
     reference.set_epoch(3)

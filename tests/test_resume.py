@@ -38,11 +38,15 @@ def _train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess
                           timeout=timeout, env=_env())
 
 
-def _outputs(out: Path) -> tuple[dict, dict, str]:
+def _outputs(out: Path) -> tuple[dict, dict, str, dict]:
+    """Test metrics, best checkpoint's weights, test captions, last checkpoint's weights (the best epoch of these
+    tiny runs can come before the kill: only the last weights show that every epoch after it was redone alike)."""
     run = out / "demo" / "version_0"
     best = sorted((run / "checkpoints").glob("best-*.ckpt"))[-1]
     weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    return json.loads((run / "test_metrics.json").read_text()), weights, (run / "test_captions.jsonl").read_text()
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return (json.loads((run / "test_metrics.json").read_text()), weights, (run / "test_captions.jsonl").read_text(),
+            last)
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -64,7 +68,7 @@ def _wait_for_checkpoint(path: Path, epoch: int, process: subprocess.Popen, time
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(demo_root, tmp_path_factory) -> tuple[dict, dict, str]:
+def uninterrupted(demo_root, tmp_path_factory) -> tuple[dict, dict, str, dict]:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     done = _train(_run_args(demo_root, out))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -74,9 +78,9 @@ def uninterrupted(demo_root, tmp_path_factory) -> tuple[dict, dict, str]:
 def test_same_command_and_seed_twice_is_identical(demo_root, tmp_path, uninterrupted):
     done = _train(_run_args(demo_root, tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics, weights, captions = _outputs(tmp_path / "run")
+    metrics, weights, captions, last = _outputs(tmp_path / "run")
     assert metrics == uninterrupted[0] and captions == uninterrupted[2]
-    assert _same_weights(weights, uninterrupted[1])
+    assert _same_weights(weights, uninterrupted[1]) and _same_weights(last, uninterrupted[3])
 
 
 def test_sigkill_then_resume_last_equals_the_uninterrupted_run(demo_root, tmp_path, uninterrupted):
@@ -92,9 +96,10 @@ def test_sigkill_then_resume_last_equals_the_uninterrupted_run(demo_root, tmp_pa
     resumed = _train(_run_args(demo_root, out, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (out / "demo" / "version_1").exists()  # the same run folder, the CSV log appended
-    metrics, weights, captions = _outputs(out)
+    metrics, weights, captions, last = _outputs(out)
     assert metrics == uninterrupted[0] and captions == uninterrupted[2]
     assert _same_weights(weights, uninterrupted[1])
+    assert _same_weights(last, uninterrupted[3]), "the epochs after the kill were not redone exactly"
     epochs = {line.split(",")[0] for line in (out / "demo" / "version_0" / "metrics.csv").read_text().splitlines()[1:]}
     assert {str(e) for e in range(EPOCHS)} <= epochs
 
