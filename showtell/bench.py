@@ -76,6 +76,7 @@ from showtell.batching import padding_ratio
 from showtell.data import Batch, CaptionDataModule
 from showtell.demo import FLICKR8K_IMAGES, generate_flickr8k_like
 from showtell.encoder import build_backbone, preprocess_for
+from showtell.hardware import cpu_model
 from showtell.module import ShowTellModule
 from showtell.outputs import TestOutputWriter
 
@@ -350,14 +351,8 @@ def peak_memory(setup: Setup) -> dict[str, float | None]:
 def environment(setup: Setup) -> dict[str, Any]:
     import torchvision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "lightning": L.__version__,
-            "python": platform.python_version(), "cpu_model": cpu, "cpu_cores": os.cpu_count(),
+            "python": platform.python_version(), "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
             "gpu_name": torch.cuda.get_device_name(setup.device) if setup.cuda else None}
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from showtell.caption import IMAGE_SUFFIXES, folder_images
+from showtell.hardware import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,12 +91,7 @@ def hardware() -> dict[str, Any]:
     import lightning
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu_model": cpu, "cpu_cores": os.cpu_count(), "usable_cores": usable,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
