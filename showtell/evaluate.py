@@ -252,7 +252,8 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit code (0 ok, 2 bad input)."""
+    """Run the command; returns the exit code (0 ok, 2 bad input, 1 processes stopped answering each other,
+    143 stopped by SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -267,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_captions_file(args.captions, args.json)
             return 0
         metrics = _run_checkpoint(parser, argv, args.ckpt)
+    except SIGTERMException:  # a SystemExit: before the parser's clause
+        if process_rank() == 0:
+            print("evaluate: stopped by SIGTERM", file=sys.stderr, flush=True)
+        return 143
     except SystemExit as done:  # the second parse (with the checkpoint's data defaults) found a usage error
         return int(done.code or 0)
     except (ValueError, OSError, MisconfigurationException, WeightsUnavailableError) as err:
@@ -276,9 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     except CollectiveTimeoutError as err:
         print(f"evaluate: {err}", file=sys.stderr, flush=True)
         return 1
-    except SIGTERMException:
-        print("evaluate: stopped by SIGTERM", file=sys.stderr, flush=True)
-        return 143
     if args.json and process_rank() == 0:  # every process of a multi-process run has the metrics: print once
         print(json.dumps(metrics_json(metrics)))
     return 0

@@ -190,3 +190,17 @@ def test_bad_decoding_options_end_before_the_data_is_read(tiny_checkpoint, tmp_p
     err = capsys.readouterr().err.strip()
     assert err == f"evaluate: {expected}"
     assert not any(tmp_path.iterdir())  # nothing decoded or written
+
+
+def test_sigterm_during_decoding_exits_143_with_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Lightning stops a SIGTERMed test with SIGTERMException, a SystemExit: it must not pass for the parser's
+    exit (code 0, as if the evaluation had finished)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException
+
+    monkeypatch.setattr("showtell.evaluate.evaluate_checkpoint", stopped)
+    assert main(["--ckpt", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--json"]) == 143
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "evaluate: stopped by SIGTERM" and captured.out == ""
