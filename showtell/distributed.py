@@ -56,7 +56,6 @@ line naming the rank and the stage. On NCCL (GPU) the same timeout makes PyTorch
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -143,11 +142,12 @@ def local_run_folder(trainer: Any) -> Path:
 
 
 def process_rank() -> int:
-    """This process's global rank, known before any process group exists (Lightning's launcher and torchrun
-    set it in the environment): for lines to print once per run, before the Trainer has set its ranks."""
+    """This process's global rank, known before any process group exists (Lightning reads it at import from the
+    variables its launcher, torchrun or SLURM set): for lines to print once per run, before the Trainer has set
+    its ranks."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    return int(getattr(rank_zero_only, "rank", 0) or os.environ.get("RANK", 0) or 0)
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 class StopOnSigterm(Callback):
