@@ -5,7 +5,7 @@
     python train.py --help                            # every option
 """
 
-from showtell.cli import main
+from showtell.train import main
 
 if __name__ == "__main__":
     main()

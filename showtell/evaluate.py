@@ -44,10 +44,12 @@ from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from showtell.checkpoints import CheckpointError, read_checkpoint
-from showtell.cli import MODEL_TO_DATA_LINKS, linked_data_options, quiet_known_warnings
-from showtell.data import CaptionDataModule
-from showtell.distributed import (
+from showtell.data.datamodule import CaptionDataModule
+from showtell.errors import EvaluationError, WeightsUnavailableError
+from showtell.metrics.scores import caption_metrics, format_metrics_table
+from showtell.training.checkpoints import read_checkpoint
+from showtell.training.cli import MODEL_TO_DATA_LINKS, linked_data_options, quiet_known_warnings
+from showtell.training.distributed import (
     DEFAULT_TIMEOUT_S,
     CollectiveTimeoutError,
     StopOnSigterm,
@@ -55,28 +57,21 @@ from showtell.distributed import (
     collective_errors,
     process_rank,
 )
-from showtell.encoder import WeightsUnavailableError
-from showtell.metrics import caption_metrics, format_metrics_table
-from showtell.module import ShowTellModule
-from showtell.outputs import collected_test_metrics, metrics_json
+from showtell.training.loading import describe, model_from_checkpoint
+from showtell.training.module import ShowTellModule
+from showtell.training.outputs import collected_test_metrics, metrics_json
 
-# Data options that follow from the model (linked in showtell.cli), never set by hand here.
+# Data options that follow from the model (linked in showtell.training.cli), never set by hand here.
 MODEL_LINKED_DATA_OPTIONS = tuple(target for _, target, _ in MODEL_TO_DATA_LINKS)
+
+
 # The Trainer options this command takes (the others are fixed: no logger, no checkpoints).
 TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
 # Data options that describe the training data's files: not carried to another --data.root.
 TRAINING_DATA_OPTIONS = ("format", "dataset", "image_dir", "restval", "features", "split_seed", "demo",
                          "demo_images", "demo_image_size", "demo_seed")
-
-
-class EvaluationError(ValueError):
-    """Bad input for an evaluation: one line saying what is wrong and what to do."""
-
-
-__all__ = ["CheckpointError", "EvaluationError", "evaluate_checkpoint", "load_model", "main", "read_checkpoint"]
-
-
-# ------------------------------------------------------------------------------------------- captions files
 
 
 def read_captions_file(path: str | Path) -> tuple[list[str], list[list[str]]]:
@@ -111,35 +106,10 @@ def _parse_line(line: str, where: str) -> tuple[str, list[str]]:
                               f"got a {type(record).__name__}")
     caption, refs = record.get("caption"), record.get("references")
     if not isinstance(caption, str):
-        raise EvaluationError(f"{where}: 'caption' must be a string, got {_describe(caption)}")
+        raise EvaluationError(f"{where}: 'caption' must be a string, got {describe(caption)}")
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-        raise EvaluationError(f"{where}: 'references' must be a non-empty list of strings, got {_describe(refs)}")
+        raise EvaluationError(f"{where}: 'references' must be a non-empty list of strings, got {describe(refs)}")
     return caption, refs
-
-
-def _describe(value: Any) -> str:
-    return "nothing (field missing)" if value is None else repr(value)[:60]
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-
-
-def load_model(path: str | Path, **overrides: Any) -> tuple[ShowTellModule, dict[str, Any]]:
-    """The model on the CPU in eval mode and the data module arguments it was trained with ({} if none).
-
-    ``overrides`` replace stored hyperparameters (e.g. ``test_beam_size``), as Lightning's own loader does.
-    """
-    checkpoint = read_checkpoint(path)
-    try:
-        model = ShowTellModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise EvaluationError(f"checkpoint {path} does not fit ShowTellModule: {reason}") from None
-    model.eval()
-    return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
-
-
-# ------------------------------------------------------------------------------------------ the command line
 
 
 def build_parser() -> ArgumentParser:
@@ -230,7 +200,7 @@ def _run_checkpoint(parser: ArgumentParser, argv: list[str], ckpt: str) -> dict[
     if not args.collective_timeout > 0:
         raise EvaluationError(f"--collective_timeout must be a positive number of seconds, got "
                               f"{args.collective_timeout}")
-    model, _ = load_model(ckpt, test_beam_size=beam_size)
+    model = model_from_checkpoint(stored, ckpt, test_beam_size=beam_size)
     if model.vocab is None:
         raise EvaluationError(f"checkpoint {ckpt} holds no vocabulary (not written by train.py); evaluate a "
                               "checkpoint of a train.py run")

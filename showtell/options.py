@@ -5,22 +5,24 @@ A bad option raises ``OptionError`` with one line naming the option, the bad val
 the message points at the command line or the YAML key to change.
 
 ``Options`` checks one section (``model``, ``data``, ``trainer``) of plain values; the classes list their own
-checks (``ShowTellModule.check_options``, ``CaptionDataModule.check_options``), and the CLI can run them,
-and ``check_trainer_options``, on the parsed configuration before it builds anything.
+checks (``ShowTellModule.check_options``, ``CaptionDataModule.check_options``), and the CLI runs them,
+and ``check_trainer_options``, on the parsed configuration before it builds anything. Each check runs once:
+the CLI builds the objects inside ``already_checked(...)``, which hands the constructors the check's results
+(the features file it read) so that they do not check, and read, again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-
-class OptionError(ValueError):
-    """A bad option value: one line saying which option, the value, and what is allowed."""
+from showtell.errors import OptionError
 
 
 def shown(value: Any) -> str:
@@ -34,7 +36,7 @@ def shown_path(path: str | Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -68,7 +70,7 @@ class Options:
             minimum, f"an integer >= {minimum}")
         for key in self._keys(keys, optional):
             value = self.values[key]
-            if not _is_int(value) or (minimum is not None and value < minimum):
+            if not is_int(value) or (minimum is not None and value < minimum):
                 self.fail(key, allowed, optional)
 
     def positive_int(self, *keys: str, optional: bool = False) -> None:
@@ -155,3 +157,22 @@ def check_trainer_options(max_epochs: int | None = None, *, gradient_clip_val: f
                       optional=True)
     opts.integer("num_sanity_val_steps", minimum=-1, optional=True)
     opts.number("gradient_clip_val", low=0, optional=True)
+
+
+_CHECKED: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("showtell_checked", default=None)
+
+
+@contextlib.contextmanager
+def already_checked(**results: Any) -> Iterator[None]:
+    """Build objects whose options the caller has just checked; ``results``: what the checks produced (e.g.
+    the features table read to check it), for the constructors to use instead of checking again."""
+    token = _CHECKED.set(results)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def checked_results() -> Mapping[str, Any] | None:
+    """Inside ``already_checked``: its results (the constructor skips its own check); else None."""
+    return _CHECKED.get()

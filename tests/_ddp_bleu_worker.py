@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from showtell.metrics import CorpusBLEU
+from showtell.metrics.bleu import CorpusBLEU
 
 # 7 fixed samples: (hypothesis, references). Sample 0, the one the sampler repeats, scores well above the
 # rest, so counting it twice visibly changes corpus BLEU.

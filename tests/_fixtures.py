@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from showtell import layouts
-from showtell.layouts import write_split_files
+from showtell.data import layouts, writers
+from showtell.data.writers import write_split_files
 
 IMAGE_KINDS = ("rgb", "gray", "cmyk", "rgba_png", "corrupt", "truncated")
 
@@ -89,9 +89,9 @@ def write_images(image_dir: str | Path, images: Mapping[str, str]) -> Path:
 
 def write_kaggle(root: str | Path, captions: Captions, splits: Splits | None = None,
                  images: Mapping[str, str] | None = None, image_dir: str = "Images") -> Path:
-    """Kaggle layout (``showtell.layouts.write_kaggle``: ``captions.txt`` with commas and quotes quoted, and
+    """Kaggle layout (``showtell.data.writers.write_kaggle``: ``captions.txt`` with commas and quotes quoted, and
     the split files beside it when ``splits`` is given) plus the image files."""
-    root = layouts.write_kaggle(root, captions, splits)
+    root = writers.write_kaggle(root, captions, splits)
     write_images(root / image_dir, default_images(captions) if images is None else images)
     return root
 
@@ -116,7 +116,7 @@ def write_karpathy(root: str | Path, captions: Captions, splits: Splits,
                    images: Mapping[str, str] | None = None, image_dir: str = "Images",
                    restval: Sequence[str] = (), dataset: str = "flickr8k",
                    filepaths: Mapping[str, str] | None = None) -> Path:
-    """Karpathy layout: ``dataset_<dataset>.json`` (``showtell.layouts.write_karpathy_json``) + the images.
+    """Karpathy layout: ``dataset_<dataset>.json`` (``showtell.data.writers.write_karpathy_json``) + the images.
     Every name in ``splits`` becomes an entry (with no sentences if it has no captions); caption names in no
     split are left out of the json, since the format has no "no split". Train names listed in ``restval`` get
     split "restval". ``filepaths`` (COCO): image -> its ``filepath`` folder, where its file is written (and
@@ -124,11 +124,11 @@ def write_karpathy(root: str | Path, captions: Captions, splits: Splits,
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     filepaths = filepaths or {}
-    entries = [layouts.KarpathyImage(name, "restval" if name in restval else key, list(captions.get(name, [])),
+    entries = [writers.KarpathyImage(name, "restval" if name in restval else key, list(captions.get(name, [])),
                                      filepaths.get(name), 1000 + i if name in filepaths else None)
                for i, (key, name) in enumerate((key, name) for key in ("train", "val", "test")
                                                for name in splits.get(key, []))]
-    layouts.write_karpathy_json(root / layouts.KARPATHY_FILES[dataset], dataset, entries)
+    writers.write_karpathy_json(root / layouts.KARPATHY_FILES[dataset], dataset, entries)
     images = default_images(captions) if images is None else images
     by_folder: dict[str, dict[str, str]] = {}
     for name, kind in images.items():

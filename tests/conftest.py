@@ -28,7 +28,7 @@ def _cpu_threads():
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A tiny synthetic shapes dataset in the Kaggle layout, shared by the tests of one session."""
-    from showtell.demo import generate_demo
+    from showtell.data.synthetic import generate_demo
 
     root = tmp_path_factory.mktemp("demo")
     generate_demo(root, num_images=48, seed=0, image_size=64, progress=False)
@@ -59,8 +59,8 @@ def tiny_checkpoint(demo_root, tmp_path_factory) -> Path:
     """A checkpoint of a tiny model trained for a few steps on the demo fixture (random frozen resnet18)."""
     import lightning as L
 
-    from showtell.data import Flickr8kDataModule
-    from showtell.module import ShowTellModule
+    from showtell.data.datamodule import Flickr8kDataModule
+    from showtell.training.module import ShowTellModule
 
     out = tmp_path_factory.mktemp("tiny_run")
     data = Flickr8kDataModule(**tiny_data_kwargs(demo_root), cache_dir=str(out / "cache"))

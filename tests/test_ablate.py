@@ -25,9 +25,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from showtell.ablate import load_spec, main, plan_runs, train_py_config
+from showtell.ablate import main
+from showtell.studies.spec import load_spec, plan_runs, train_py_config
 
-EXPERIMENT_SPECS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if "grid" in yaml.safe_load(p.read_text()))
+EXPERIMENT_SPECS = sorted((REPO / "experiments" / "studies").glob("*.yaml"))
 CELLS = ("pre", "merge")
 SEEDS = (0, 1)
 
@@ -161,7 +162,7 @@ def test_dry_run_prints_each_runs_command(study):
     runs = study.runs()
     assert len(lines) == len(runs) == 4
     for line, run in zip(lines, runs):  # seed-major, in the order the runs go
-        assert shlex.split(line)[:2] == [sys.executable, "train.py"]
+        assert shlex.split(line)[:3] == [sys.executable, "-m", "showtell.train"]  # works without the checkout
         assert f"--seed_everything={run.seed}" in line
         assert f"--model.conditioning={run.cell['model.conditioning']}" in line
         # exactly the command that made the run (the last line of its command.sh)
@@ -282,7 +283,7 @@ def test_wandb_runs_are_grouped_by_study_and_tagged_with_cell(tmp_path):
     code, out, _ = ablate(spec, "--root", tmp_path / "runs", "--dry-run")
     assert code == 0
     for line, run in zip(out.strip().splitlines(), plan_runs(load_spec(spec), tmp_path / "runs")):
-        logger = train_py_config(shlex.split(line)[2:])["trainer"]["logger"]["init_args"]
+        logger = train_py_config(shlex.split(line)[3:])["trainer"]["logger"]["init_args"]
         assert logger["save_dir"] == str(run.folder) and logger["group"] == "tiny"
         assert logger["tags"] == ["tiny", f"model.conditioning={run.cell['model.conditioning']}"]
 
@@ -294,7 +295,7 @@ def test_wandb_runs_are_grouped_by_study_and_tagged_with_cell(tmp_path):
 def test_every_experiment_spec_dry_runs_with_header(path, tmp_path):
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert header[0].startswith("# Question:"), "a spec opens with the question it answers"
-    assert any(line.startswith(f"#   python -m showtell.ablate experiments/{path.name}") for line in header)
+    assert any(line.startswith(f"#   python -m showtell.ablate experiments/studies/{path.name}") for line in header)
     code, out, err = ablate(path, "--root", tmp_path / "runs", "--dry-run")
     assert code == 0, err
     spec = load_spec(path)

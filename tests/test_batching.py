@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from showtell.batching import BucketBatchSampler, padding_ratio
+from showtell.data.batching import BucketBatchSampler, padding_ratio
 from showtell.vocab import tokenize
 
 TOKEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "flickr8k" / "Flickr8k.token.txt"

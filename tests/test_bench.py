@@ -10,8 +10,9 @@ import pytest
 from _fixtures import write_original
 
 from showtell import bench
-from showtell.bench import REQUIRED_KEYS, check_targets, ensure_dataset, parse_args
-from showtell.sources import load_corpus
+from showtell.bench import parse_args
+from showtell.data.sources import load_corpus
+from showtell.perf.training_speed import REQUIRED_KEYS, check_targets, ensure_dataset
 from showtell.vocab import tokenize
 
 WORDS = [f"word{i}" for i in range(30)]

@@ -6,7 +6,8 @@ import json
 
 from PIL import Image
 
-from showtell.bench_caption import format_table, main, repeat_images
+from showtell.bench_caption import main
+from showtell.perf.caption_speed import format_table, repeat_images
 
 
 def test_repeat_images_cycles_through_the_folder(tmp_path):

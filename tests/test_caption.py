@@ -13,18 +13,18 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from showtell.caption import (
+from showtell.caption import main
+from showtell.data.datamodule import Flickr8kDataModule
+from showtell.model import eval_transform
+from showtell.training.module import ShowTellModule
+from showtell.training.predict import (
     PathTable,
     ProcessBatches,
     StderrProgressBar,
     collate_images,
-    eval_transform,
-    main,
     merge_parts,
     read_image,
 )
-from showtell.data import Flickr8kDataModule
-from showtell.module import ShowTellModule
 
 
 def _stored(ckpt: Path) -> dict:
@@ -109,7 +109,8 @@ def test_captions_equal_the_modules_own_on_the_training_eval_transform(tiny_chec
     expected = [" ".join(c) for c in model.captions_from(model.generate(batch.images, beam_size=3))]
 
     paths = [dataset.image_dir / name for name in batch.image_ids]
-    transform = eval_transform(model, stored["datamodule_hyper_parameters"])
+    hp = model.hparams
+    transform = eval_transform(hp.encoder, hp.weights, stored["datamodule_hyper_parameters"].get("image_size"))
     for path, pixels in zip(paths, batch.images):
         assert torch.equal(read_image(path, transform), pixels)
     capsys.readouterr()
@@ -220,7 +221,8 @@ def test_merge_parts_streams_in_index_order_once(tmp_path):
 
 def test_predict_step_equals_generate(tiny_checkpoint, images):
     model = ShowTellModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu").eval()
-    transform = eval_transform(model, _stored(tiny_checkpoint)["datamodule_hyper_parameters"])
+    image_size = _stored(tiny_checkpoint)["datamodule_hyper_parameters"].get("image_size")
+    transform = eval_transform(model.hparams.encoder, model.hparams.weights, image_size)
     pixels = torch.stack([read_image(images[k], transform) for k in ("demo0", "demo1", "gray")])
     decoded = model.generate(pixels, beam_size=3, top_k=2)
     model.predict_decoding = {"beam_size": 3, "top_k": 2, "max_len": None}

@@ -12,13 +12,14 @@ import pytest
 import yaml
 from conftest import REPO
 
-from showtell.cli import ShowTellCLI, main
-from showtell.features import save_features
+from showtell.data.features import save_features
+from showtell.train import main
+from showtell.training.cli import ShowTellCLI
 
 DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-# experiments/ holds train.py overlays and ablation specs (showtell.ablate; loaded by tests/test_ablate.py)
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if "grid" not in yaml.safe_load(p.read_text()))
+# experiments/overlays/ holds train.py overlays; experiments/studies/ the ablation specs (tests/test_ablate.py)
+EXPERIMENTS = sorted((REPO / "experiments" / "overlays").glob("*.yaml"))
 TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_size", "16",
         "--data.num_workers", "0", "--data.progress", "false", "--trainer.enable_progress_bar", "false"]
 
@@ -79,7 +80,7 @@ def _set_in_yaml(path: Path, section: str, key: str) -> bool:
 def test_every_config_loads_and_instantiates(config, demo_root, tmp_path):
     # overlays go on top of the config they are written for: the demo (debug, overfit) or the baseline
     base = [] if config.name in ("flickr8k.yaml", "demo.yaml") else ["--config", str(REPO / "configs" / "demo.yaml")]
-    if config.parent.name == "experiments":
+    if config.parent.name == "overlays":
         base = ["--config", str(REPO / "configs" / "flickr8k.yaml")]
     args = [*base, "--config", str(config), "--data.root", str(demo_root), "--data.demo", "false",
             "--model.weights", "null",
@@ -113,9 +114,9 @@ LOGGER_CHOICES = {"own": [], "none": ["--trainer.logger", "false"],
 @pytest.mark.parametrize("config", CONFIGS + EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_config_runs_with_every_logger(config, logger, demo_root, tmp_path, capsys, monkeypatch):
     """fast_dev_run of each config with its own logger, without one, and with CSV: fit and test complete."""
-    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: None)  # no JVM start per run
+    monkeypatch.setattr("showtell.metrics.scores.meteor", lambda hypotheses, references: None)  # no JVM start per run
     base = [] if config.name in ("flickr8k.yaml", "demo.yaml") else ["--config", str(REPO / "configs" / "demo.yaml")]
-    if config.parent.name == "experiments":
+    if config.parent.name == "overlays":
         base = ["--config", str(REPO / "configs" / "flickr8k.yaml")]
     args = [*base, "--config", str(config), "--data.root", str(demo_root), "--data.demo", "false",
             "--model.weights", "null", "--model.encoder", "resnet18", "--data.image_size", "64",

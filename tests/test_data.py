@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import tiny_data_kwargs
 
-from showtell.data import Batch, Flickr8kDataModule
-from showtell.features import load_features, save_features
-from showtell.sources import DatasetError
+from showtell.data.datamodule import Flickr8kDataModule
+from showtell.data.dataset import Batch
+from showtell.data.features import load_features, save_features
+from showtell.errors import DatasetError
 from showtell.vocab import END_ID, PAD_ID, START_ID, tokenize
 
 
@@ -103,7 +104,7 @@ def test_partial_cache_file_is_never_used(demo_root, tmp_path):
 
 
 def test_cached_features_equal_on_the_fly(demo_root, tmp_path):
-    from showtell.encoder import build_backbone
+    from showtell.model.backbones import build_backbone
 
     dm = _dm(demo_root, tmp_path)
     images = _dm(demo_root, tmp_path, cache_features=False)
@@ -117,7 +118,7 @@ def test_cached_features_equal_on_the_fly(demo_root, tmp_path):
 
 
 def test_same_loss_from_cached_features_and_images(demo_root, tmp_path):
-    from showtell.module import ShowTellModule
+    from showtell.training.module import ShowTellModule
 
     cached = _dm(demo_root, tmp_path)
     images = _dm(demo_root, tmp_path, cache_features=False)
@@ -198,7 +199,7 @@ def test_augment_and_finetune_switch_back_to_images(demo_root, tmp_path, capsys)
 
 
 def test_image_dir_option_and_image_folder(demo_root, tmp_path):
-    from showtell.options import OptionError
+    from showtell.errors import OptionError
 
     root = tmp_path / "captions_only"
     root.mkdir()

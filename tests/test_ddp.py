@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from showtell.demo import generate_demo
-from showtell.sources import load_corpus
+from showtell.data.sources import load_corpus
+from showtell.data.synthetic import generate_demo
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -236,7 +236,7 @@ def test_collective_timeout_must_be_positive(demo, env, tmp_path):
 
 
 def _build_cache(args: tuple) -> list[str]:
-    from showtell.features import cached_features
+    from showtell.data.features import cached_features
 
     cache_file, names, start_at = args
     while time.time() < start_at:  # both processes compute and write at the same moment
@@ -254,7 +254,7 @@ def test_two_processes_building_the_same_feature_cache_at_once_leave_one_valid_f
     it into place, so the cache is always one complete file, and both processes get its rows."""
     import multiprocessing
 
-    from showtell.features import load_features
+    from showtell.data.features import load_features
 
     cache_file = tmp_path / "cache" / "features.npz"
     names = [f"img{i}.jpg" for i in range(50)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from showtell.decoder import CONDITIONING, CaptionDecoder, DecoderState
+from showtell.model.decoder import CONDITIONING, CaptionDecoder, DecoderState
 from showtell.vocab import PAD_ID, START_ID
 
 V, E, H = 23, 8, 12

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from showtell.decoder import CONDITIONING, CaptionDecoder
-from showtell.decoding import Decoded, beam_search, captions_to_text, decode, greedy_decode
+from showtell.model.decoder import CONDITIONING, CaptionDecoder
+from showtell.model.decoding import Decoded, beam_search, captions_to_text, decode, greedy_decode
 from showtell.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 
 A, B_, C, D, G = 4, 5, 6, 7, 8  # word ids of the hand-built models

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,20 +12,12 @@ import pytest
 from _fixtures import write_original
 from PIL import Image
 
-from showtell import demo
-from showtell.demo import (
-    caption_lengths,
-    captions_for,
-    draw_scene,
-    flickr8k_split_sizes,
-    generate_demo,
-    generate_flickr8k_like,
-    main,
-    random_scene,
-    synthetic_captions,
-)
-from showtell.layouts import SPLIT_FILES
-from showtell.sources import load_corpus
+from showtell.data import synthetic
+from showtell.data.layouts import SPLIT_FILES
+from showtell.data.lookalike import caption_lengths, flickr8k_split_sizes, generate_flickr8k_like, synthetic_captions
+from showtell.data.sources import load_corpus
+from showtell.data.synthetic import captions_for, draw_scene, generate_demo, random_scene
+from showtell.demo import main
 from showtell.vocab import tokenize
 
 NUM_IMAGES, IMAGE_SIZE = 40, 64
@@ -101,15 +92,15 @@ def test_captions_are_a_function_of_the_drawn_scene(demo_root):
         assert [r["caption"] for r in rows[5 * i:5 * i + 5]] == captions_for(scene)
 
 
-@pytest.mark.parametrize("kind", demo.KINDS)
+@pytest.mark.parametrize("kind", synthetic.KINDS)
 @pytest.mark.parametrize("image_size", [64, 128])
 def test_shapes_never_overlap_or_leave_the_image(kind, image_size):
     for layout in [("left", "middle", "right"), ("top", "bottom")]:
         masks = []  # pixels at least half covered by each shape, drawn alone
         for position in layout:
-            pixels = np.asarray(draw_scene([demo.Shape(kind, "red", "large", position)], image_size)).astype(int)
-            difference = np.abs(pixels - np.array(demo.BACKGROUND)).sum(-1)  # (H, W)
-            masks.append(difference > 0.5 * np.abs(np.array(demo.COLOURS["red"]) - demo.BACKGROUND).sum())
+            pixels = np.asarray(draw_scene([synthetic.Shape(kind, "red", "large", position)], image_size)).astype(int)
+            difference = np.abs(pixels - np.array(synthetic.BACKGROUND)).sum(-1)  # (H, W)
+            masks.append(difference > 0.5 * np.abs(np.array(synthetic.COLOURS["red"]) - synthetic.BACKGROUND).sum())
         for mask in masks:
             assert mask.any() and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
         assert (np.sum(masks, axis=0) <= 1).all(), f"large {kind}s overlap in layout {layout}"
@@ -117,29 +108,29 @@ def test_shapes_never_overlap_or_leave_the_image(kind, image_size):
 
 def test_rerun_returns_without_regenerating(tmp_path, monkeypatch):
     root = _generate(tmp_path / "demo")
-    stamps = {p: p.stat().st_mtime_ns for p in [root / "captions.txt", root / demo.MARKER]}
+    stamps = {p: p.stat().st_mtime_ns for p in [root / "captions.txt", root / synthetic.MARKER]}
     with monkeypatch.context() as patch:
-        patch.setattr(demo, "_write", lambda *args: pytest.fail("a complete demo was generated again"))
+        patch.setattr(synthetic, "_write", lambda *args: pytest.fail("a complete demo was generated again"))
         assert _generate(root) == root
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert _generate(root, overwrite=True) == root
-    assert (root / demo.MARKER).stat().st_mtime_ns != stamps[root / demo.MARKER]
+    assert (root / synthetic.MARKER).stat().st_mtime_ns != stamps[root / synthetic.MARKER]
 
 
 def test_other_parameters_regenerate(tmp_path):
     root = _generate(tmp_path / "demo")
     _generate(root, seed=3)
-    assert json.loads((root / demo.MARKER).read_text())["seed"] == 3
+    assert json.loads((root / synthetic.MARKER).read_text())["seed"] == 3
     assert _rows(root) != _rows(_generate(tmp_path / "seed0"))
 
 
 def test_incomplete_folder_is_regenerated(tmp_path):
     root = _generate(tmp_path / "demo")
     expected = _files(root)
-    (root / demo.MARKER).unlink()  # as if the run had died before finishing
+    (root / synthetic.MARKER).unlink()  # as if the run had died before finishing
     next(iter((root / "Images").iterdir())).unlink()
     (root / "captions.txt").write_text("image,caption\n")
-    assert demo.is_complete(root, NUM_IMAGES, 0, IMAGE_SIZE) is False
+    assert synthetic.is_complete(root, NUM_IMAGES, 0, IMAGE_SIZE) is False
     _generate(root)
     assert _files(root) == expected
 
@@ -149,17 +140,17 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
         (folder / "Images").mkdir()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "_write", interrupted)
+    monkeypatch.setattr(synthetic, "_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _generate(tmp_path / "demo")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    assert demo.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
+    assert synthetic.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
 
 
 def test_empty_folder_is_used(tmp_path):
     (tmp_path / "demo").mkdir()
-    assert demo.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
+    assert synthetic.is_complete(_generate(tmp_path / "demo"), NUM_IMAGES, 0, IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("content", ["notes.txt", "Images/1000268201_693b08cb0e.jpg"])
@@ -195,9 +186,9 @@ def test_cli(tmp_path, capsys):
     assert "not a showtell demo folder" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("showtell.sources") is None, reason="showtell.sources not present")
 def test_sources_reads_the_demo_as_kaggle_with_its_split_files(demo_root):
-    from showtell.sources import detect_format, load_corpus
+    from showtell.data.locate import detect_format
+    from showtell.data.sources import load_corpus
 
     assert detect_format(demo_root) == "kaggle"
     corpus = load_corpus(demo_root, format="kaggle")

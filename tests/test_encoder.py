@@ -12,13 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from showtell.encoder import (
-    BACKBONES,
-    ImageEncoder,
-    WeightsUnavailableError,
-    build_backbone,
-    preprocess_for,
-)
+from showtell.errors import WeightsUnavailableError
+from showtell.model.backbones import BACKBONES, build_backbone, preprocess_for
+from showtell.model.encoder import ImageEncoder
 
 # Feature size after removing the head, per backbone (torchvision architectures).
 EXPECTED_DIM = {
@@ -205,7 +201,7 @@ def test_preprocess_follows_the_weights():
     assert preprocess_for("inception_v3", "/some/where/inception.pth") == inception
     small = preprocess_for("resnet18", "DEFAULT", image_size=64)
     assert (small.resize, small.crop) == (73, 64)
-    from showtell.data import image_transform
+    from showtell.model.backbones import image_transform
 
     transform = image_transform(small, None, augment=False)  # the one transform training and captioning use
     from PIL import Image

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from showtell.data import CaptionDataModule
+from showtell.data.datamodule import CaptionDataModule
 from showtell.evaluate import main
-from showtell.metrics import caption_metrics, format_metrics_table
-from showtell.module import ShowTellModule
-from showtell.outputs import METRIC_KEYS
+from showtell.metrics.scores import caption_metrics, format_metrics_table
+from showtell.training.module import ShowTellModule
+from showtell.training.outputs import METRIC_KEYS
 
 RECORDS = [
     {"image_id": "a.jpg", "caption": "a dog runs on the grass",
@@ -37,7 +37,7 @@ FAKE_METEOR = 0.123
 def _fast_meteor(monkeypatch):
     """METEOR starts a JVM (~10 s a call on 2 busy cores) and tests/test_metrics.py covers it; here a stub
     value only has to travel through to the outputs."""
-    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: FAKE_METEOR)
+    monkeypatch.setattr("showtell.metrics.scores.meteor", lambda hypotheses, references: FAKE_METEOR)
 
 
 @pytest.fixture(scope="module")

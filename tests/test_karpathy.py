@@ -12,20 +12,14 @@ import pytest
 from _fixtures import write_karpathy, write_original
 from conftest import REPO, shared_flickr8k
 
-from showtell.data import CaptionDataModule, Flickr8kDataModule
-from showtell.layouts import KARPATHY_FILES, karpathy_from_original
+from showtell.data.datamodule import CaptionDataModule, Flickr8kDataModule
+from showtell.data.formats import CORRUPT_IMAGE, NO_IMAGE_FILE, OTHER_THAN_FIVE, RESTVAL_LEFT_OUT, SPLIT_NAME_SKIPPED
+from showtell.data.layouts import KARPATHY_FILES
+from showtell.data.locate import detect_format
+from showtell.data.sources import load_corpus
+from showtell.data.writers import karpathy_from_original
+from showtell.errors import DatasetError, OptionError
 from showtell.layouts import main as layouts_main
-from showtell.options import OptionError
-from showtell.sources import (
-    CORRUPT_IMAGE,
-    NO_IMAGE_FILE,
-    OTHER_THAN_FIVE,
-    RESTVAL_LEFT_OUT,
-    SPLIT_NAME_SKIPPED,
-    DatasetError,
-    detect_format,
-    load_corpus,
-)
 from showtell.vocab import tokenize
 
 
@@ -257,9 +251,9 @@ def test_real_flickr8k_original_files_and_their_karpathy_json_agree(tmp_path):
 @pytest.mark.parametrize("config, writer", [("coco.yaml", "coco"), ("flickr30k.yaml", "flickr30k")])
 def test_dataset_configs_train_on_their_layout(config, writer, coco_root, tmp_path, capsys, monkeypatch):
     """``python train.py --config configs/<dataset>.yaml --data.root DIR`` on generated data (tiny model)."""
-    from showtell.cli import main
+    from showtell.train import main
 
-    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: None)  # no JVM start
+    monkeypatch.setattr("showtell.metrics.scores.meteor", lambda hypotheses, references: None)  # no JVM start
     root = coco_root if writer == "coco" else write_flickr30k(tmp_path / "flickr30k")
     args = ["--config", str(REPO / "configs" / config), "--data.root", str(root),
             "--model.encoder", "resnet18", "--model.weights", "null", "--data.image_size", "32",

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from showtell.layouts import (
-    SPLIT_FILES,
-    has_marker,
-    seeded_split,
-    write_dataset_folder,
-    write_kaggle,
-    write_split_files,
-)
-from showtell.sources import load_corpus
+from showtell.data.layouts import SPLIT_FILES, seeded_split
+from showtell.data.sources import load_corpus
+from showtell.data.writers import has_marker, write_dataset_folder, write_kaggle, write_split_files
 
 
 @pytest.mark.parametrize("num_images, sizes", [(8, (6, 1, 1)), (37, (29, 4, 4)), (3000, (2250, 375, 375))])

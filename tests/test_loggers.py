@@ -31,9 +31,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from showtell import loggers
-from showtell.loggers import SampleCaptionsTable, WandbLogger, has_wandb_credentials, resolve_wandb_mode
-from showtell.outputs import TestOutputWriter
+from showtell.training import loggers
+from showtell.training.loggers import SampleCaptionsTable, WandbLogger, has_wandb_credentials, resolve_wandb_mode
+from showtell.training.outputs import TestOutputWriter
 
 REPO = Path(__file__).resolve().parents[1]
 CLOSED_URL = "http://127.0.0.1:9"  # loopback "discard" port: nothing listens, connections are refused at once

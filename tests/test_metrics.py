@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from showtell import metrics
-from showtell.metrics import (
-    CorpusBLEU,
-    bleu_from_statistics,
-    bleu_statistics,
-    caption_metrics,
-    corpus_bleu,
-    format_metrics_table,
-)
+from showtell.metrics import meteor as meteor_module
+from showtell.metrics.bleu import CorpusBLEU, bleu_from_statistics, bleu_statistics, corpus_bleu
+from showtell.metrics.scores import caption_metrics, format_metrics_table
+from showtell.vocab import tokenize
 
 BLEU_KEYS = ["bleu1", "bleu2", "bleu3", "bleu4"]
 ALL_KEYS = [*BLEU_KEYS, "meteor", "rougeL", "cider"]
-HAS_JAVA = metrics.shutil.which("java") is not None
+HAS_JAVA = meteor_module.shutil.which("java") is not None
 
 
 def random_sets(count: int, seed: int = 0) -> tuple[list[list[str]], list[list[list[str]]]]:
@@ -268,15 +263,15 @@ def test_caption_metrics_with_meteor_and_no_leaked_java_process():
     # the same value as pycocoevalcap's own (interactive) wrapper on the same tokens
     from pycocoevalcap.meteor.meteor import Meteor
     scorer = Meteor()
-    gts = {i: [" ".join(metrics.tokenize(r)) for r in refs] for i, refs in enumerate(REFERENCES)}
-    res = {i: [" ".join(metrics.tokenize(h))] for i, h in enumerate(HYPOTHESES)}
+    gts = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in enumerate(REFERENCES)}
+    res = {i: [" ".join(tokenize(h))] for i, h in enumerate(HYPOTHESES)}
     assert result["meteor"] == pytest.approx(scorer.compute_score(gts, res)[0], abs=1e-12)
     del scorer
 
 
 def test_caption_metrics_without_java_gives_meteor_none_and_one_warning(monkeypatch):
     pytest.importorskip("pycocoevalcap")
-    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    monkeypatch.setattr(meteor_module.shutil, "which", lambda name: None)
     with pytest.warns(UserWarning) as record:
         result = caption_metrics(HYPOTHESES, REFERENCES)
     assert [str(w.message) for w in record if "METEOR" in str(w.message)] == [
@@ -309,13 +304,13 @@ def test_caption_metrics_without_pycocoevalcap(monkeypatch):
     assert list(result) == ALL_KEYS
     # only METEOR needs the optional extra: ROUGE-L and CIDEr-D are our own
     assert result["meteor"] is None and result["rougeL"] > 0 and result["cider"] > 0
-    tokens = [metrics.tokenize(h) for h in HYPOTHESES]
-    reference_tokens = [[metrics.tokenize(r) for r in refs] for refs in REFERENCES]
+    tokens = [tokenize(h) for h in HYPOTHESES]
+    reference_tokens = [[tokenize(r) for r in refs] for refs in REFERENCES]
     assert [result[k] for k in BLEU_KEYS] == list(corpus_bleu(tokens, reference_tokens).values())
 
 
 def test_caption_metrics_tokenizes_strings_like_training(monkeypatch):
-    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # keep it fast: no METEOR
+    monkeypatch.setattr(meteor_module.shutil, "which", lambda name: None)  # keep it fast: no METEOR
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from_strings = caption_metrics(["A Dog's ball, red."], [["a dogs ball red", "a ball"]])

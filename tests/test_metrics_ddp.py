@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from showtell.metrics import corpus_bleu
+from showtell.metrics.bleu import corpus_bleu
 
 WORKER = Path(__file__).with_name("_ddp_bleu_worker.py")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import REPO, tiny_data_kwargs, tiny_model_kwargs
 
-from showtell.data import Batch, Flickr8kDataModule
-from showtell.module import ShowTellModule
+from showtell.data.datamodule import Flickr8kDataModule
+from showtell.data.dataset import Batch
+from showtell.training.module import ShowTellModule
 from showtell.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 
 
@@ -113,7 +114,7 @@ def test_checkpoint_is_self_contained_in_a_fresh_process(tiny_checkpoint, demo_r
     expected = model.captions_from(model.generate(images, beam_size=2))
     script = (
         "import sys, json, torch\n"
-        "from showtell.module import ShowTellModule\n"
+        "from showtell.training import ShowTellModule\n"
         f"m = ShowTellModule.load_from_checkpoint({str(tiny_checkpoint)!r}, map_location='cpu').eval()\n"
         f"images = torch.load({str(tmp_path / 'images.pt')!r})\n"
         "print(json.dumps(m.captions_from(m.generate(images, beam_size=2))))\n")

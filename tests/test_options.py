@@ -18,13 +18,13 @@ import torch
 import torchvision
 from conftest import REPO
 
-from showtell.cli import main
-from showtell.data import Flickr8kDataModule
-from showtell.decoder import CONDITIONING
-from showtell.features import save_features
-from showtell.module import Conditioning, ShowTellModule
-from showtell.options import OptionError, check_trainer_options
-from showtell.sources import DatasetError
+from showtell.data.datamodule import Flickr8kDataModule
+from showtell.data.features import save_features
+from showtell.errors import DatasetError, OptionError
+from showtell.model.decoder import CONDITIONING
+from showtell.options import check_trainer_options
+from showtell.train import main
+from showtell.training.module import Conditioning, ShowTellModule
 
 MODEL = dict(vocab_size=30, encoder="resnet18", weights=None, embed_size=8, hidden_size=8)
 DATA = dict(encoder="resnet18", weights=None, progress=False)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showtell.ablate import Run, Spec, plan_runs
-from showtell.metrics import bleu_from_statistics, corpus_bleu
-from showtell.report import (
+from showtell.metrics.bleu import bleu_from_statistics, corpus_bleu
+from showtell.metrics.cider import cider_d
+from showtell.metrics.rouge import rouge_l
+from showtell.studies.report import (
     RUN_COLUMNS,
     ImageStats,
     bleu_of_statistics,
@@ -22,7 +23,7 @@ from showtell.report import (
     resample_counts,
     write_report,
 )
-from showtell.rewards import cider_d, rouge_l
+from showtell.studies.spec import Run, Spec, plan_runs
 
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "jumps", "sits", "on", "the", "grass", "red", "blue", "ball",
          "water", "beach", "snow", "in", "with", "two"]

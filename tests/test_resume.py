@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from showtell.checkpoints import CheckpointError, readable, resume_checkpoint
+from showtell.errors import CheckpointError
+from showtell.training.checkpoints import readable, resume_checkpoint
 
 EPOCHS = 4
 
@@ -152,14 +153,14 @@ def _bad_checkpoints(folder: Path, tiny_checkpoint: Path) -> dict[str, Path]:
 def test_bad_checkpoints_give_one_line_in_every_command(kind, demo_root, tmp_path, tiny_checkpoint, capsys):
     """train.py --ckpt_path, showtell.evaluate --ckpt and showtell.caption --ckpt, in this process (their
     main functions; the subprocess test below checks the real train.py command)."""
-    from showtell import caption, cli, evaluate
+    from showtell import caption, evaluate, train
 
     path = _bad_checkpoints(tmp_path / "ckpts", tiny_checkpoint)[kind]
     image = sorted((demo_root / "Images").iterdir())[0]
 
     def train_py(args: list[str]) -> int:
         try:
-            cli.main(args)
+            train.main(args)
         except SystemExit as exit_:
             return int(exit_.code)
         return 0
@@ -211,7 +212,7 @@ def test_last_ckpt_is_the_newest_epoch_even_when_the_metric_does_not_improve(dem
 
 
 @pytest.mark.parametrize("config", ["configs/flickr8k.yaml", "configs/demo.yaml", "configs/coco.yaml",
-                                    "experiments/scst.yaml"])
+                                    "experiments/overlays/scst.yaml"])
 def test_every_config_rewrites_last_ckpt_every_epoch(config):
     import yaml
 

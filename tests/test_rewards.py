@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from showtell.rewards import (
-    CiderReward,
-    DocumentFrequency,
-    cider_d,
-    cider_d_scores,
-    rouge_l,
-    rouge_l_scores,
-)
+from showtell.metrics.cider import CiderReward, DocumentFrequency, cider_d, cider_d_scores
+from showtell.metrics.rouge import rouge_l, rouge_l_scores
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "flickr8k"
 TOLERANCE = 1e-6

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from showtell.bench_setup import COCO_CAPTIONS, COCO_IMAGES, coco_like_images, split_sizes
 from showtell.bench_setup import main as bench_setup_main
-from showtell.features import FeatureTable, load_features, save_features
-from showtell.sources import load_corpus
+from showtell.data.features import FeatureTable, load_features, save_features
+from showtell.data.sources import load_corpus
+from showtell.perf.setup_speed import COCO_CAPTIONS, COCO_IMAGES, coco_like_images, split_sizes
 from showtell.vocab import UNK_ID, Vocabulary, normalized, tokenize, word_counts
 
 
@@ -57,7 +57,7 @@ def test_compressed_and_user_written_files_still_read(tmp_path, features_file):
 
 
 def test_nan_in_a_late_chunk_is_found(tmp_path, monkeypatch):
-    monkeypatch.setattr("showtell.features._CHECK_ROWS", 7)  # several chunks
+    monkeypatch.setattr("showtell.data.features._CHECK_ROWS", 7)  # several chunks
     array = np.zeros((50, 3), np.float32)
     array[[33, 47]] = np.nan
     save_features(tmp_path / "nan.npz", [f"{i}.jpg" for i in range(50)], array)

@@ -9,12 +9,13 @@ import torch
 from conftest import tiny_data_kwargs, tiny_model_kwargs
 from torch import Tensor
 
-import showtell.module as module_file
-from showtell.checkpoints import CheckpointError
-from showtell.data import Batch, Flickr8kDataModule
-from showtell.decoding import greedy_decode, sample_captions
-from showtell.module import ShowTellModule, self_critical_loss
-from showtell.options import OptionError
+import showtell.training.scst as scst_file
+from showtell.data.datamodule import Flickr8kDataModule
+from showtell.data.dataset import Batch
+from showtell.errors import CheckpointError, OptionError
+from showtell.model.decoding import greedy_decode, sample_captions
+from showtell.training.module import ShowTellModule
+from showtell.training.scst import self_critical_loss
 from showtell.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 
 WORDS = ["a", "red", "blue", "circle", "square", "small", "large", "on", "the", "left"]
@@ -102,7 +103,7 @@ def test_identical_samples_have_zero_advantage_and_loss():
     model = _toy_model()
     with torch.no_grad():
         model.decoder.output.bias[END_ID] = 100.0
-    model._reward = lambda hypotheses, images: np.array([len(h) + 0.5 for h in hypotheses], dtype=np.float64)
+    model.use_training_reward(lambda hypotheses, images: np.array([len(h) + 0.5 for h in hypotheses], dtype=float))
     loss, stats = model._scst_loss(_toy_batch())
     assert loss.item() == 0 and stats["advantage_abs"].item() == 0 and stats["reward"].item() == 0.5
 
@@ -123,14 +124,14 @@ def test_one_step_makes_samples_above_the_baseline_more_likely(baseline, monkeyp
     """Reward = number of distinct words: after one SGD step the samples above the baseline gain probability,
     those below lose it, on average (checked on the very samples the step drew, by teacher forcing)."""
     model = _toy_model(optimizer="sgd", lr=0.1, scst_baseline=baseline)
-    model._reward = lambda hypotheses, images: np.array([float(len(set(h))) for h in hypotheses])
+    model.use_training_reward(lambda hypotheses, images: np.array([float(len(set(h))) for h in hypotheses]))
     drawn = []
 
     def recording(*args, **kwargs):
         drawn.append(sample_captions(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(module_file, "sample_captions", recording)
+    monkeypatch.setattr(scst_file, "sample_captions", recording)
     batch = _toy_batch()
     torch.manual_seed(5)
     loss, stats = model._scst_loss(batch)
@@ -249,7 +250,7 @@ def test_per_image_training_batches_carry_each_training_image_once_per_epoch(dem
 def shapes_240(tmp_path_factory):
     """A demo of 240 small images (30 validation images: the 6 of ``demo_root`` make val CIDEr-D too noisy to
     compare) and a cross-entropy checkpoint trained on it for a few epochs."""
-    from showtell.demo import generate_demo
+    from showtell.data.synthetic import generate_demo
 
     root = tmp_path_factory.mktemp("shapes_240")
     generate_demo(root, num_images=240, seed=0, image_size=32, progress=False)
@@ -301,7 +302,8 @@ def test_cli_links_scst_to_per_image_batches_and_reports_a_wrong_vocabulary_in_o
         demo_root, tiny_checkpoint, tmp_path, capsys):
     from conftest import REPO
 
-    from showtell.cli import ShowTellCLI, main
+    from showtell.train import main
+    from showtell.training.cli import ShowTellCLI
 
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--data.root", str(demo_root), "--data.demo", "false",
             "--data.image_size", "64", "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0",

@@ -20,8 +20,8 @@ from _fixtures import (
     write_original,
 )
 
-from showtell import sources
-from showtell.sources import (
+from showtell.data import formats, sources
+from showtell.data.formats import (
     CORRUPT_IMAGE,
     DUPLICATE_CAPTION,
     EMPTY_CAPTION,
@@ -34,14 +34,14 @@ from showtell.sources import (
     SPLIT_NAME_SKIPPED,
     SPLIT_NAME_WITHOUT_CAPTIONS,
     UNCAPTIONED_IMAGE,
-    DatasetError,
     SkipReport,
-    detect_format,
-    image_is_readable,
-    load_corpus,
     read_caption_file,
-    seeded_split,
 )
+from showtell.data.layouts import seeded_split
+from showtell.data.locate import detect_format
+from showtell.data.sources import load_corpus
+from showtell.errors import DatasetError
+from showtell.files import image_is_readable
 
 SHARED = Path(os.environ.get("SHOWTELL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "flickr8k"
 JPG1 = "2258277193_586949ec62.jpg.1"
@@ -103,7 +103,7 @@ def test_kaggle_csv_quoting_written_by_hand(tmp_path):
         'a.jpg,A dog, unquoted comma\n'          # 3 columns: malformed, line 6
         '\n'
         'a.jpg,Last one .\n')
-    captions = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
+    captions = formats._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
     assert [c for _, c in captions] == ["A dog runs .", "A dog, brown, runs .", 'A sign says "stop" .',
                                         'He said "hi, you" , then left .', "Last one ."]
     assert report.names(MALFORMED_LINE) == ["captions.txt line 6"]
@@ -111,7 +111,7 @@ def test_kaggle_csv_quoting_written_by_hand(tmp_path):
 
 def test_kaggle_unclosed_quote_is_reported_not_swallowed(tmp_path):
     (tmp_path / "captions.txt").write_text('image,caption\na.jpg,"Open quote .\nb.jpg,Fine .\nc.jpg,Ok .\n')
-    entries = sources._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
+    entries = formats._parse_kaggle(tmp_path / "captions.txt", report := SkipReport()).entries
     assert entries == [] and report.names(MALFORMED_LINE) == ["captions.txt line 2-4"]
 
 

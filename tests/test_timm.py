@@ -19,13 +19,14 @@ from conftest import REPO
 from PIL import Image
 
 from showtell.caption import main as caption_main
-from showtell.cli import main as train_main
-from showtell.data import CaptionDataModule, image_transform
-from showtell.encoder import ImageEncoder, WeightsUnavailableError, build_backbone, preprocess_for
+from showtell.data.datamodule import CaptionDataModule
+from showtell.data.features import extract_features, save_features
+from showtell.errors import OptionError, WeightsUnavailableError
 from showtell.evaluate import main as evaluate_main
-from showtell.features import extract_features, save_features
-from showtell.module import ShowTellModule
-from showtell.options import OptionError
+from showtell.model.backbones import build_backbone, image_transform, preprocess_for
+from showtell.model.encoder import ImageEncoder
+from showtell.train import main as train_main
+from showtell.training.module import ShowTellModule
 
 ENCODER = "timm/test_efficientnet"
 
@@ -106,7 +107,7 @@ def test_random_init_is_the_same_cnn_every_time():
 
 def test_default_weights_offline_say_what_to_download(monkeypatch):
     _timm()
-    import showtell.timm_backbones as tb
+    import showtell.model.timm_backbones as tb
 
     real = tb._create
 

@@ -11,8 +11,8 @@ import pytest
 from _fixtures import write_karpathy
 
 from showtell.evaluate import TRAINING_DATA_OPTIONS, _data_defaults, main
-from showtell.metrics import caption_metrics
-from showtell.module import ShowTellModule
+from showtell.metrics.scores import caption_metrics
+from showtell.training.module import ShowTellModule
 from showtell.vocab import tokenize
 
 UNSEEN = ("zebra", "giraffe", "umbrella", "skateboard")
@@ -20,7 +20,7 @@ UNSEEN = ("zebra", "giraffe", "umbrella", "skateboard")
 
 @pytest.fixture(autouse=True)
 def _fast_meteor(monkeypatch):
-    monkeypatch.setattr("showtell.metrics.meteor", lambda hypotheses, references: 0.1)  # no JVM start
+    monkeypatch.setattr("showtell.metrics.scores.meteor", lambda hypotheses, references: 0.1)  # no JVM start
 
 
 def write_other_dataset(root: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -79,8 +79,8 @@ def test_features_trained_checkpoint_needs_the_other_datasets_features(demo_root
     import numpy as np
     from conftest import tiny_data_kwargs, tiny_model_kwargs
 
-    from showtell.data import CaptionDataModule
-    from showtell.features import save_features
+    from showtell.data.datamodule import CaptionDataModule
+    from showtell.data.features import save_features
 
     names = sorted(p.name for p in (demo_root / "Images").iterdir())
     rng = np.random.default_rng(0)
