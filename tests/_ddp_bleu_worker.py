@@ -1,4 +1,4 @@
-"""One process of the CorpusBLEU DDP test (tests/test_metrics_ddp.py), started once per rank.
+"""One process of the CorpusBLEU DDP test (tests/metrics/test_bleu_ddp.py), started once per rank.
 
     python tests/_ddp_bleu_worker.py RANK WORLD_SIZE RENDEZVOUS_FILE OUTPUT_JSON
 

@@ -1,4 +1,4 @@
-"""Helpers the 2-process tests (tests/test_ddp.py) load into train.py's processes by class path.
+"""Helpers the 2-process tests (tests/training/test_ddp.py) load into train.py's processes by class path.
 
 ``tests/`` is on the child processes' PYTHONPATH, so ``--trainer.callbacks+=_ddp_helpers.RankZeroLogDir`` works.
 """

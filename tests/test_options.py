@@ -303,6 +303,7 @@ def _train_py_args(demo_root: Path, tmp_path: Path, extra: list[str], files: Pat
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *(_fill(a, files) for a in extra)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("extra", "says"), CLI_BAD + CLI_PARSER_BAD,
                          ids=[" ".join(a) for a, _ in CLI_BAD + CLI_PARSER_BAD])
 def test_train_py_bad_option_exits_2_with_one_line(extra, says, files, demo_root, tmp_path, capsys):
@@ -320,6 +321,7 @@ def test_train_py_bad_option_exits_2_with_one_line(extra, says, files, demo_root
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()  # no work started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("extra", "says"), [CLI_BAD[0], CLI_PARSER_BAD[0], CLI_BAD[-1]],
                          ids=["constructor check", "parser", "features file"])
 def test_train_py_command_bad_option(extra, says, files, demo_root, tmp_path):

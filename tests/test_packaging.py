@@ -51,7 +51,43 @@ def test_readme_quickstart_is_what_ci_and_tests_run():
     assert commands == [QUICKSTART_DEMO, QUICKSTART_TEST], commands
     ci = (REPO / ".ci" / "run").read_text()
     assert QUICKSTART_TEST in ci.splitlines(), ".ci/run must run the README's test command verbatim"
-    # The demo command's config is the one tests/test_cli.py runs end to end.
+    # The demo command's config is the one tests/training/test_cli.py runs end to end.
     from test_cli import DEMO_CONFIG
 
     assert commands[0].endswith(f"train.py --config {DEMO_CONFIG}")
+
+
+@pytest.mark.slow
+def test_a_plain_install_has_the_configs_and_runs_without_the_checkout(tmp_path):
+    """``pip install .`` (not editable) ships every subpackage and the configs the commands read; from a folder
+    outside the checkout, train.py's parser finds its default config and a study finds its base config."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
+                    "-w", str(wheels)], check=True, cwd=tmp_path, timeout=300)
+    wheel = next(wheels.glob("showtell-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f"showtell/configs/{p.name}" for p in (REPO / "showtell" / "configs").glob("*.yaml")}
+    assert configs and configs <= names, f"configs missing from the wheel: {configs - names}"
+    subpackages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "showtell").glob("*/__init__.py")}
+    assert {f"{s}/__init__.py" for s in subpackages} <= names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, timeout=300)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    spec = outside / "study.yaml"
+    spec.write_text("name: tiny\nbase: configs/demo.yaml\ngrid: {model.conditioning: [pre]}\nseeds: [0]\n")
+    code = ("import showtell, showtell.training.cli as cli; "
+            f"assert showtell.__file__.startswith({str(target)!r}), showtell.__file__; "
+            "assert cli.DEFAULT_CONFIG.is_file(); "
+            "from showtell.studies import load_spec; print(load_spec('study.yaml').base[0])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=outside, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(target)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(target / "showtell" / "configs" / "demo.yaml")

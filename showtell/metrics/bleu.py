@@ -2,7 +2,7 @@
 
 BLEU reimplements coco-caption / pycocoevalcap ``Bleu(4)``, the tool behind the published Flickr8k and COCO
 tables, in plain Python so that training needs no extra dependency. It gives the same floats (measured
-difference 0.0 on hundreds of random corpora, see tests/test_metrics.py):
+difference 0.0 on hundreds of random corpora, see tests/metrics/test_bleu.py):
 
 - clipped n-gram counts: a hypothesis n-gram counts at most as often as it occurs in any single reference;
 - the brevity penalty uses the reference length closest to the hypothesis length, ties going to the SHORTER

@@ -3,7 +3,7 @@
 CIDEr-D (Vedantam, Zitnick and Parikh, "CIDEr: Consensus-based Image Description Evaluation", CVPR 2015) and
 ROUGE-L (Lin 2004) as implemented by coco-caption / pycocoevalcap (``cider/cider_scorer.py``,
 ``rouge/rouge.py``), the implementation behind the published tables. Same numbers (to ~1e-12, see
-tests/test_rewards.py), but n-grams are interned to integer ids so that whole corpora are scored with a few
+tests/metrics/test_cider_rouge.py), but n-grams are interned to integer ids so that whole corpora are scored with a few
 numpy sorts instead of Python dictionaries per caption. Details reproduced from pycocoevalcap:
 
 - CIDEr-D: tf-idf vectors of the 1..4-grams, idf weight ``log(num_documents) - log(max(1, df))`` where df

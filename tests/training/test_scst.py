@@ -271,6 +271,7 @@ def _trainer(folder, **kwargs) -> L.Trainer:
                              num_sanity_val_steps=0) | kwargs))
 
 
+@pytest.mark.slow
 def test_short_scst_run_from_a_cross_entropy_checkpoint_raises_val_cider(shapes_240, tmp_path):
     data_kwargs, model_kwargs, ce_checkpoint = shapes_240
     checkpoint = tmp_path / "ce.ckpt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from showtell.bench_caption import main
@@ -24,6 +25,7 @@ def test_repeat_images_cycles_through_the_folder(tmp_path):
     assert repeat_images(source, tmp_path, 0) == 2  # all of them, once
 
 
+@pytest.mark.slow
 def test_benchmark_runs_the_command(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench.json"
     results = main(["--ckpt", str(tiny_checkpoint), "--num_images", "6", "--image_size", "48", "--batch_size", "2",

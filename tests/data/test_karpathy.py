@@ -248,6 +248,7 @@ def test_real_flickr8k_original_files_and_their_karpathy_json_agree(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ configs
+@pytest.mark.slow
 @pytest.mark.parametrize("config, writer", [("coco.yaml", "coco"), ("flickr30k.yaml", "flickr30k")])
 def test_dataset_configs_train_on_their_layout(config, writer, coco_root, tmp_path, capsys, monkeypatch):
     """``python train.py --config configs/<dataset>.yaml --data.root DIR`` on generated data (tiny model)."""

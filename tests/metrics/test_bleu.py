@@ -250,6 +250,7 @@ def java_children() -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_JAVA, reason="METEOR needs java on PATH")
 def test_caption_metrics_with_meteor_and_no_leaked_java_process():
     pytest.importorskip("pycocoevalcap")

@@ -19,8 +19,8 @@ import pytest
 
 from showtell.metrics.bleu import corpus_bleu
 
-WORKER = Path(__file__).with_name("_ddp_bleu_worker.py")
-REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parents[1] / "_ddp_bleu_worker.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_worker():
@@ -52,6 +52,7 @@ def run_ranks(commands: list[list[str]], timeout: float) -> list[subprocess.Comp
     return [subprocess.CompletedProcess(c, p.returncode, o) for c, p, o in zip(commands, processes, outputs)]
 
 
+@pytest.mark.slow
 def test_corpus_bleu_metric_deduplicates_padded_samples_across_two_processes(tmp_path):
     world_size = 2
     rendezvous = tmp_path / "rendezvous"  # a file store: no TCP port to pick or collide on
@@ -139,6 +140,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_lightning_ddp_validate_counts_each_sample_once(tmp_path):
     pytest.importorskip("lightning")
     script = tmp_path / "validate_ddp.py"

@@ -35,7 +35,7 @@ FAKE_METEOR = 0.123
 
 @pytest.fixture(autouse=True)
 def _fast_meteor(monkeypatch):
-    """METEOR starts a JVM (~10 s a call on 2 busy cores) and tests/test_metrics.py covers it; here a stub
+    """METEOR starts a JVM (~10 s a call on 2 busy cores) and tests/metrics/test_bleu.py covers it; here a stub
     value only has to travel through to the outputs."""
     monkeypatch.setattr("showtell.metrics.scores.meteor", lambda hypotheses, references: FAKE_METEOR)
 

@@ -13,7 +13,7 @@ import pytest
 from showtell.metrics.cider import CiderReward, DocumentFrequency, cider_d, cider_d_scores
 from showtell.metrics.rouge import rouge_l, rouge_l_scores
 
-FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "flickr8k"
+FLICKR8K = Path(__file__).resolve().parents[3] / "shared" / "flickr8k"
 TOLERANCE = 1e-6
 
 

@@ -35,7 +35,7 @@ from showtell.training import loggers
 from showtell.training.loggers import SampleCaptionsTable, WandbLogger, has_wandb_credentials, resolve_wandb_mode
 from showtell.training.outputs import TestOutputWriter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLOSED_URL = "http://127.0.0.1:9"  # loopback "discard" port: nothing listens, connections are refused at once
 FAKE_KEY = "a" * 40
 SAMPLES = [{"image_id": "dog.png", "caption": "a dog runs", "references": ["a dog runs", "a brown dog"]},
@@ -236,6 +236,7 @@ def test_user_settings_object_is_copied_and_wins(sandbox, tmp_path):
     assert user.mode != "offline"  # the user's object is left as it was
 
 
+@pytest.mark.slow
 def test_never_prompts_in_a_terminal(sandbox, tmp_path):
     """With a terminal on stdin and stderr (where wandb would ask for a key), no credentials and no network,
     the logger starts offline at once; with a key and an unreachable server too."""
@@ -332,6 +333,7 @@ def test_the_flickr8k_config_builds_the_logger(tmp_path):
     assert Path(logger.log_dir).parent == tmp_path / "showtell"
 
 
+@pytest.mark.slow
 def test_import_does_not_import_wandb():
     code = "import sys, showtell.loggers; assert 'wandb' not in sys.modules, 'wandb imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -102,6 +102,7 @@ def study(tmp_path_factory) -> Study:
 # --------------------------------------------------------------------------------------------- the study
 
 
+@pytest.mark.slow
 def test_grid_runs_and_writes_run_folders_and_report(study):
     assert study.code == 0, study.out + study.err
     assert "4 runs, 0 already done, 4 to run (2 at a time, 1 threads each)" in study.out
@@ -169,6 +170,7 @@ def test_dry_run_prints_each_runs_command(study):
         assert line == (run.folder / "command.sh").read_text().strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_deleted_metrics_reruns_only_that_run_and_reproduces_it(study):
     run = study.runs()[-1]
     metrics = run.metrics_file()
@@ -225,6 +227,7 @@ def test_bad_spec_one_line_exit_2_before_any_run(case, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_bad_option_from_the_command_line_is_one_line(tmp_path):
     spec = write_spec(tmp_path / "bad.yaml", grid={"model.conditioning": ["pre", "sideways"]})
     result = subprocess.run([sys.executable, "-m", "showtell.ablate", str(spec), "--root", str(tmp_path / "runs")],
@@ -254,6 +257,7 @@ def wandb_commands(sweep: dict) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_wandb_sweep_commands_parse_and_group_runs(tmp_path):
     grid = {"model.conditioning": ["pre", "merge"], "data.cache_dir": [None, "cache"]}  # null survives wandb's str()
     spec = write_spec(tmp_path / "tiny.yaml", grid=grid, overrides={"trainer.max_epochs": 2})

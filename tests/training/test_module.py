@@ -85,6 +85,7 @@ def test_tiny_model_overfits_eight_pairs_to_exact_captions():
     assert beam == greedy
 
 
+@pytest.mark.slow
 def test_validation_and_test_decode_free_running_and_write_outputs(demo_root, tmp_path):
     data = Flickr8kDataModule(**tiny_data_kwargs(demo_root), cache_dir=str(tmp_path / "cache"))
     model = ShowTellModule(vocab_size=data.vocab_size, **tiny_model_kwargs())
@@ -105,6 +106,7 @@ def test_validation_and_test_decode_free_running_and_write_outputs(demo_root, tm
     assert abs(metrics["bleu4"] - float(trainer.callback_metrics["test/bleu4"])) < 1e-6
 
 
+@pytest.mark.slow
 def test_checkpoint_is_self_contained_in_a_fresh_process(tiny_checkpoint, demo_root, tmp_path):
     model = ShowTellModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu").eval()
     assert model.vocab is not None and len(model.vocab) == model.hparams.vocab_size

@@ -142,6 +142,7 @@ def test_bad_checkpoint_and_options(tmp_path, tiny_checkpoint, images, capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point(tiny_checkpoint, images):
     result = subprocess.run(
         [sys.executable, "-m", "showtell.caption", "--ckpt", str(tiny_checkpoint), str(images["rgba"]), "--json"],

@@ -117,6 +117,7 @@ def test_coco_shaped_generator_has_cocos_proportions():
     assert len({i.filename for i in images}) == 2000
 
 
+@pytest.mark.slow
 def test_setup_benchmark_at_reduced_size(tmp_path, capsys):
     out = tmp_path / "bench_setup.json"
     results = bench_setup_main(["--images", "400", "--dim", "16", "--processes", "2", "--train_batches", "5",

@@ -23,8 +23,8 @@ import torch
 from showtell.data.sources import load_corpus
 from showtell.data.synthetic import generate_demo
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 LIMIT_S = 150  # wall-clock limit of one multi-process command (they take 20-40 s on 2 busy cores)
 TIMEOUT_S = 30  # --collective_timeout of the runs: a deadlock ends within it
 DEMO = {"--data.demo_images": "44", "--data.demo_image_size": "48", "--data.demo_seed": "0"}
@@ -120,6 +120,7 @@ def test_the_demo_has_odd_splits_so_the_distributed_sampler_pads(demo):
     assert len(split_images(demo)) % 2 == 1 and len(split_images(demo, "val")) % 2 == 1
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_two_process_fit_and_last_resumes_it_to_the_test(demo, env, tmp_path):
     """Fit with 2 processes, SIGTERM to the launching process after the first epoch's checkpoint: the run ends
     (Lightning forwards the signal to the other process) with the resume command; ``--ckpt_path last`` then
@@ -161,6 +162,7 @@ def no_logger_run(demo, env, tmp_path_factory) -> tuple[Path, str]:
     return run_folder(output), output
 
 
+@pytest.mark.slow
 def test_two_process_fit_and_test_without_a_logger(no_logger_run, demo):
     folder, output = no_logger_run
     check_test_outputs(folder, demo)
@@ -169,6 +171,7 @@ def test_two_process_fit_and_test_without_a_logger(no_logger_run, demo):
     assert "Timed out" not in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_two_process_fit_and_test_of_the_paper_config_logging_to_wandb_offline(demo, env, tmp_path):
     """configs/flickr8k.yaml (wandb logger, sample captions table, early stopping, learning-rate monitor) shrunk
     to the demo, with 2 processes and wandb offline."""
@@ -184,6 +187,7 @@ def test_two_process_fit_and_test_of_the_paper_config_logging_to_wandb_offline(d
     assert len([p for p in runs.glob("showtell/*") if p.is_dir()]) == 1  # other ranks made no run folder
 
 
+@pytest.mark.slow
 def test_evaluate_with_two_processes_equals_one_process_exactly(no_logger_run, env, tmp_path):
     """The padded duplicate image is dropped: BLEU, every metric and every caption equal the 1-process run's."""
     folder, _ = no_logger_run
@@ -207,6 +211,7 @@ def test_evaluate_with_two_processes_equals_one_process_exactly(no_logger_run, e
     assert results[2][2] == results[1][2]
 
 
+@pytest.mark.slow
 def test_one_self_critical_epoch_with_two_processes(no_logger_run, demo, env, tmp_path):
     folder, _ = no_logger_run
     runs = tmp_path / "runs"
@@ -218,6 +223,7 @@ def test_one_self_critical_epoch_with_two_processes(no_logger_run, demo, env, tm
     assert output.count("init_from: weights of") == 1
 
 
+@pytest.mark.slow
 def test_a_collective_reached_by_rank_zero_only_ends_the_run_with_an_error_naming_the_stage(demo, env, tmp_path):
     """The bug behind the first deadlock (``trainer.log_dir`` on rank 0 only, at the end of the test epoch), put
     back by a test callback: with a 10 s collective timeout the run ends with one line per rank, not a hang."""
@@ -230,6 +236,7 @@ def test_a_collective_reached_by_rank_zero_only_ends_the_run_with_an_error_namin
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow
 def test_collective_timeout_must_be_positive(demo, env, tmp_path):
     code, output = run(train_args(demo, tmp_path / "runs", devices=1, collective_timeout=0), env, tmp_path, limit=60)
     assert code == 2 and "error: --collective_timeout must be a positive number of seconds, got 0.0" in output
@@ -249,6 +256,7 @@ def _build_cache(args: tuple) -> list[str]:
     return cached_features(Path(cache_file), names, compute).names
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_same_feature_cache_at_once_leave_one_valid_file(tmp_path):
     """As two nodes' local rank 0 (or two runs) on a shared disk: each writes a private temporary file and renames
     it into place, so the cache is always one complete file, and both processes get its rows."""

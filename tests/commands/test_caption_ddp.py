@@ -44,6 +44,7 @@ def run_caption(args: list[str], cwd: Path, timeout: float = TIMEOUT_S) -> subpr
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_two_processes_caption_exactly_as_one(tiny_checkpoint, demo_root, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -235,6 +235,7 @@ def test_train_py_attach_encoder_without_features_one_line(demo_root, tmp_path, 
 
 
 # ---------------------------------------------------------------------------------- references, gallery
+@pytest.mark.slow
 def test_references_json_scores_with_evaluate(tiny_checkpoint, demo_root, tmp_path, capsys):
     images = sorted((demo_root / "Images").iterdir())[:3]
     assert caption_main(["--ckpt", str(tiny_checkpoint), *map(str, images), "--json",

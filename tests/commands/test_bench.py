@@ -70,6 +70,7 @@ def test_targets_apply_per_device_and_paper_run_only_at_30_epochs():
                    "cached_speedup": {"target": ">= 10", "pass": None}}  # not measured: no verdict
 
 
+@pytest.mark.slow
 def test_tiny_benchmark(tmp_path, capsys):
     out = tmp_path / "bench.json"
     token_file = _token_file(tmp_path / "real")

@@ -43,7 +43,7 @@ from showtell.data.sources import load_corpus
 from showtell.errors import DatasetError
 from showtell.files import image_is_readable
 
-SHARED = Path(os.environ.get("SHOWTELL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "flickr8k"
+SHARED = Path(os.environ.get("SHOWTELL_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "flickr8k"
 JPG1 = "2258277193_586949ec62.jpg.1"
 USABLE = {*simple_captions(10), "quoted.jpg", "gray.jpg", "cmyk.jpg", "rgba.jpg", "four.jpg", "dup.jpg",
           "oneword.jpg", "empty.jpg"}

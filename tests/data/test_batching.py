@@ -12,7 +12,7 @@ import torch
 from showtell.data.batching import BucketBatchSampler, padding_ratio
 from showtell.vocab import tokenize
 
-TOKEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "flickr8k" / "Flickr8k.token.txt"
+TOKEN_FILE = Path(__file__).resolve().parents[3] / "shared" / "flickr8k" / "Flickr8k.token.txt"
 
 
 def flickr8k_lengths() -> torch.Tensor:

@@ -31,6 +31,7 @@ def random_backbone(name: str) -> tuple[nn.Module, int]:
     return build_backbone(name, None)
 
 
+@pytest.mark.slow
 def test_all_backbones_listed_and_build():
     assert set(EXPECTED_DIM) <= set(BACKBONES)
     for name in BACKBONES:

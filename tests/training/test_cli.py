@@ -18,7 +18,7 @@ from showtell.training.cli import ShowTellCLI
 
 DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-# experiments/overlays/ holds train.py overlays; experiments/studies/ the ablation specs (tests/test_ablate.py)
+# experiments/overlays/ holds train.py overlays; experiments/studies/ the ablation specs (tests/studies/test_ablate.py)
 EXPERIMENTS = sorted((REPO / "experiments" / "overlays").glob("*.yaml"))
 TINY = ["--model.embed_size", "16", "--model.hidden_size", "16", "--data.batch_size", "16",
         "--data.num_workers", "0", "--data.progress", "false", "--trainer.enable_progress_bar", "false"]
@@ -31,6 +31,7 @@ def _demo_args(tmp_path: Path) -> list[str]:
             "--trainer.default_root_dir", str(tmp_path / "runs"), *TINY]
 
 
+@pytest.mark.slow
 def test_demo_config_end_to_end_and_rerun_into_same_folder(tmp_path, capsys):
     metrics = main(_demo_args(tmp_path))
     out = capsys.readouterr().out
@@ -63,6 +64,7 @@ def test_help_and_print_config(capsys):
     assert "vocab_size" not in config["model"]  # linked from the data at instantiation, never typed
 
 
+@pytest.mark.slow
 def test_train_py_default_config_names_the_demo_when_no_dataset(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "train.py"), "--data.root", str(tmp_path / "nothing"),
                           "--model.weights", "null"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -76,6 +78,7 @@ def _set_in_yaml(path: Path, section: str, key: str) -> bool:
     return key in ((yaml.safe_load(path.read_text()) or {}).get(section) or {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS + EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_config_loads_and_instantiates(config, demo_root, tmp_path):
     # overlays go on top of the config they are written for: the demo (debug, overfit) or the baseline
@@ -110,6 +113,7 @@ LOGGER_CHOICES = {"own": [], "none": ["--trainer.logger", "false"],
                   "csv": ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", list(LOGGER_CHOICES))
 @pytest.mark.parametrize("config", CONFIGS + EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_config_runs_with_every_logger(config, logger, demo_root, tmp_path, capsys, monkeypatch):

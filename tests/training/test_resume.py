@@ -76,6 +76,7 @@ def uninterrupted(demo_root, tmp_path_factory) -> tuple[dict, dict, str, dict]:
     return _outputs(out)
 
 
+@pytest.mark.slow
 def test_same_command_and_seed_twice_is_identical(demo_root, tmp_path, uninterrupted):
     done = _train(_run_args(demo_root, tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,6 +85,7 @@ def test_same_command_and_seed_twice_is_identical(demo_root, tmp_path, uninterru
     assert _same_weights(weights, uninterrupted[1]) and _same_weights(last, uninterrupted[3])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_last_equals_the_uninterrupted_run(demo_root, tmp_path, uninterrupted):
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "train.py", *_run_args(demo_root, out)], cwd=REPO, env=_env(),
@@ -105,6 +107,7 @@ def test_sigkill_then_resume_last_equals_the_uninterrupted_run(demo_root, tmp_pa
     assert {str(e) for e in range(EPOCHS)} <= epochs
 
 
+@pytest.mark.slow
 def test_sigterm_stops_within_seconds_with_the_resume_command(demo_root, tmp_path):
     out = tmp_path / "run"
     long_run = [*_run_args(demo_root, out), "--trainer.max_epochs", "12"]  # still training when the signal comes
@@ -181,6 +184,7 @@ def test_bad_checkpoints_give_one_line_in_every_command(kind, demo_root, tmp_pat
     assert not list((tmp_path / "run").glob("**/checkpoints/*.ckpt"))  # nothing trained
 
 
+@pytest.mark.slow
 def test_train_py_command_with_a_truncated_checkpoint(demo_root, tmp_path, tiny_checkpoint):
     path = _bad_checkpoints(tmp_path / "ckpts", tiny_checkpoint)["truncated"]
     done = _train([*_run_args(demo_root, tmp_path / "run"), "--ckpt_path", str(path)], timeout=120)
@@ -188,6 +192,7 @@ def test_train_py_command_with_a_truncated_checkpoint(demo_root, tmp_path, tiny_
     assert done.returncode == 2 and len(lines) == 1 and str(path) in lines[0], done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoints(demo_root, tmp_path):
     out = tmp_path / "run"
     done = _train(_run_args(demo_root, out, "--model.lr", "1e30", "--trainer.gradient_clip_val", "null"))
@@ -198,6 +203,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoints(demo_root
     assert not (out / "demo" / "version_0" / "test_metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_the_newest_epoch_even_when_the_metric_does_not_improve(demo_root, tmp_path):
     """ModelCheckpoint(save_last=True) rewrites last.ckpt only with a new best; the configs' own "last"
     checkpoint is rewritten every epoch, so --ckpt_path last never goes back to the best epoch."""
