@@ -9,6 +9,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 
 
 def shared_flickr8k() -> Path | None:

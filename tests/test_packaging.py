@@ -4,7 +4,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import DEMO_CONFIG, REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -52,8 +52,6 @@ def test_readme_quickstart_is_what_ci_and_tests_run():
     ci = (REPO / ".ci" / "run").read_text()
     assert QUICKSTART_TEST in ci.splitlines(), ".ci/run must run the README's test command verbatim"
     # The demo command's config is the one tests/training/test_cli.py runs end to end.
-    from test_cli import DEMO_CONFIG
-
     assert commands[0].endswith(f"train.py --config {DEMO_CONFIG}")
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
+from conftest import DEMO_CONFIG, REPO
 
 from showtell.data.features import save_features
 from showtell.train import main
 from showtell.training.cli import ShowTellCLI
 
-DEMO_CONFIG = "configs/demo.yaml"  # the README quickstart's demo config (tests/test_packaging.py checks)
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # experiments/overlays/ holds train.py overlays; experiments/studies/ the ablation specs (tests/studies/test_ablate.py)
 EXPERIMENTS = sorted((REPO / "experiments" / "overlays").glob("*.yaml"))
