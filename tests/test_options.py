@@ -233,10 +233,10 @@ def test_defaults_and_boundary_values_pass(tmp_path):
 def test_good_features_files_pass_and_are_read_once(tmp_path):
     save_features(tmp_path / "f16.npz", ["a.jpg", "b.jpg"], np.ones((2, 3), np.float16))
     data = Flickr8kDataModule(root=str(tmp_path), features=str(tmp_path / "f16.npz"), **DATA)
-    assert data.feature_dim == 3 and data._features is not None  # the table read by the check is kept
+    assert data.feature_dim == 3 and data.feature_source._user is not None  # the table read by the check is kept
     np.savez(tmp_path / "f64.npz", names=np.array([b"a.jpg", b"b.jpg"]), features=np.ones((2, 5)))  # bytes, float64
     data = Flickr8kDataModule(root=str(tmp_path), features=str(tmp_path / "f64.npz"), **DATA)
-    assert data._features.names == ["a.jpg", "b.jpg"] and data._features.features.dtype == torch.float32
+    assert data.features_table.names == ["a.jpg", "b.jpg"] and data.features_table.features.dtype == torch.float32
 
 
 def test_good_weights_files_pass(tmp_path):

@@ -26,14 +26,8 @@ from torch.utils.data import DataLoader
 
 from showtell.data.batching import BucketBatchSampler
 from showtell.data.dataset import Batch, CaptionDataset
-from showtell.data.features import (
-    FeaturesFileError,
-    FeatureTable,
-    cache_key,
-    cached_features,
-    extract_features,
-    load_features,
-)
+from showtell.data.feature_source import FeatureSource
+from showtell.data.features import FeaturesFileError, FeatureTable, load_features
 from showtell.data.formats import SkipReport
 from showtell.data.sources import CaptionCorpus, load_corpus
 from showtell.errors import DatasetError, OptionError
@@ -137,8 +131,11 @@ class CaptionDataModule(L.LightningDataModule):
         self._corpus: CaptionCorpus | None = None
         self._vocab: Vocabulary | None = None
         self._given_vocab = False  # use_vocabulary: a checkpoint's, not built from this data
-        self._features: FeatureTable | None = features_table  # bring-your-own file (read to check it)
-        self._cache_table: FeatureTable | None = None  # features cached from our own encoder
+        self.feature_source = FeatureSource(
+            features=features, table=features_table, cache_features=cache_features, augment=augment,
+            frozen_encoder=frozen_encoder, encoder=encoder, weights=weights, image_size=image_size,
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else self.root / ".showtell_cache",
+            num_workers=num_workers, progress=progress)
         self.datasets: dict[str, CaptionDataset] = {}
         self.report = SkipReport()
 
@@ -215,12 +212,12 @@ class CaptionDataModule(L.LightningDataModule):
     @property
     def feature_dim(self) -> int | None:
         """D of a bring-your-own features file (the model then has no CNN), else None."""
-        return self._user_features().dim if self.hparams.features else None
+        return self.feature_source.dim
 
     @property
     def features_table(self) -> FeatureTable | None:
         """The bring-your-own features (``--data.features``), else None."""
-        return self._user_features() if self.hparams.features else None
+        return self.feature_source.user()
 
     def fit_data(self) -> FitData:
         """What a model needs from the data when fitting, in one object (after ``setup("fit")``)."""
@@ -261,7 +258,7 @@ class CaptionDataModule(L.LightningDataModule):
         return self.corpus.image_path(name) if self.corpus.image_dir is not None else None
 
     def _drop_images_without_features(self, corpus: CaptionCorpus) -> None:
-        table = self._user_features()
+        table = self.feature_source.user()
         for split, names in corpus.splits.items():
             kept = [n for n in names if n in table.row]
             for name in names:
@@ -272,81 +269,38 @@ class CaptionDataModule(L.LightningDataModule):
                                    f"file {self.hparams.features}; do the names match the caption file?")
             corpus.splits[split] = kept
 
-    def _user_features(self) -> FeatureTable:
-        if self._features is None:
-            self._features = load_features(self.hparams.features)
-        return self._features
-
     @property
     def uses_cache(self) -> bool:
-        """Whether training reads encoder features computed once instead of images (and why not)."""
-        return self._cache_decision()[0]
+        """Whether training reads encoder features computed once instead of images (``feature_source.reason``
+        says why or why not)."""
+        return self.feature_source.uses_cache
 
-    def _cache_decision(self) -> tuple[bool, str]:
-        hp = self.hparams
-        if hp.features:
-            return False, "bring-your-own features"
-        if not hp.cache_features:
-            return False, "feature caching is off (cache_features: false)"
-        if hp.augment:
-            return False, "augment: true needs fresh image crops every step, so images are used, not cached features"
-        if not hp.frozen_encoder:
-            return False, "the encoder is fine-tuned, so images are used, not cached features"
-        return True, "the encoder is frozen: features are computed once and cached"
-
-    def _cache_file(self) -> Path:
-        from showtell.model.backbones import preprocess_for
-        hp = self.hparams
-        spec = {"backbone": hp.encoder, "weights": str(hp.weights), "image_size": hp.image_size,
-                "preprocess": repr(preprocess_for(hp.encoder, hp.weights, None)), "version": 1}
-        names = self._image_names()
-        folder = Path(hp.cache_dir).expanduser() if hp.cache_dir else self.root / ".showtell_cache"
-        return folder / f"features_{hp.encoder.replace('/', '-')}_{cache_key(names, spec)}.npz"
+    def cache_file(self) -> Path:
+        """The feature cache file of this corpus (whether or not it is used)."""
+        return self.feature_source.cache_file(self._image_names())
 
     def _image_names(self) -> list[str]:
         """Every image of every split, sorted: the rows of the feature cache."""
         return sorted(n for names in self.corpus.splits.values() for n in names)
 
-    def _cached_features(self) -> FeatureTable:
-        if self._cache_table is None:  # prepare_data and setup both ask: read the file once per process
-            self._cache_table = self._load_or_extract_features()
-        return self._cache_table
-
-    def _load_or_extract_features(self) -> FeatureTable:
-        from showtell.model.backbones import build_backbone, preprocess_for
-        hp = self.hparams
-        names = self._image_names()
-        transform = eval_transform(hp.encoder, hp.weights, hp.image_size)
-
-        def compute():
-            # On forked random streams: building a CNN (random init) and iterating a DataLoader (its workers'
-            # base seed) draw from torch's global generator, so a run that builds the cache would otherwise train
-            # with other random numbers than every later run of the same command, which reads it.
-            with torch.random.fork_rng(devices=[]):
-                backbone, _ = build_backbone(hp.encoder, hp.weights)
-                return extract_features(backbone, [self.corpus.image_path(n) for n in names], transform,
-                                        num_workers=hp.num_workers, progress=hp.progress)
-
-        try:
-            return cached_features(self._cache_file(), names, compute)
-        except PermissionError as err:
-            raise DatasetError(f"cannot write the feature cache ({err}); set --data.cache_dir to a writable "
-                               "folder") from None
+    def _features(self) -> FeatureTable | None:
+        """What training reads: bring-your-own features, the (cached) features of our encoder, or None."""
+        names = self._image_names() if self.uses_cache else ()
+        return self.feature_source.table(names, self.corpus.image_path)
 
     # ----- Lightning hooks -----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Runs on one process per node: generate the demo and fill the feature cache once.
         _ = self.corpus
         if self.uses_cache:
-            self._cached_features()
+            self._features()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         hp = self.hparams
         corpus, vocab = self.corpus, self.vocab
-        use_cache, why = self._cache_decision()
-        features = self._user_features() if hp.features else self._cached_features() if use_cache else None
+        features = self._features()
         train_transform = test_transform = None
         if features is None:
             test_transform = eval_transform(hp.encoder, hp.weights, hp.image_size)
@@ -362,7 +316,7 @@ class CaptionDataModule(L.LightningDataModule):
                 transform=train_transform if split == "train" else test_transform)
         if self.report.counts():
             _say(self.report.summary())
-        _say(self.describe() + f" ({why})")
+        _say(self.describe() + f" ({self.feature_source.reason})")
         if self._given_vocab:
             for split in dict.fromkeys(("val", self.test_split)):
                 unknown, total = self.datasets[split].unknown_words(vocab)

@@ -16,7 +16,7 @@ import numpy as np
 from showtell.hardware import cpu_model
 from showtell.training.predict import IMAGE_SUFFIXES, folder_images
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding showtell (checkout or site-packages)
 
 
 def generate_images(folder: Path, count: int, image_size: int, seed: int = 0) -> None:
@@ -60,7 +60,8 @@ def command(args: argparse.Namespace, images: str, devices: int) -> list[str]:
 
 
 def timed(cmd: list[str], timeout: float) -> tuple[float, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path,
            "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1")}
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

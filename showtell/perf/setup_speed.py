@@ -161,7 +161,7 @@ def measure_once(root: str, features: str, batch_size: int, train_batches: int, 
     return {
         **{key: round(value, 3) for key, value in times.items()},
         "memory_before_mb": before, "memory_after_mb": after,
-        "features_memory_mapped": data._user_features().memory_mapped,
+        "features_memory_mapped": data.features_table.memory_mapped,
         "split_images": {split: len(names) for split, names in corpus.splits.items()},
         "train_captions": len(data.datasets["train"]), "vocab_size": len(vocab),
         "val_images": val_images, "eval_batch_size": data.eval_batch_size,

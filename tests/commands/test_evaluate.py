@@ -204,3 +204,15 @@ def test_sigterm_during_decoding_exits_143_with_one_line(tiny_checkpoint, tmp_pa
     assert main(["--ckpt", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--json"]) == 143
     captured = capsys.readouterr()
     assert captured.err.strip() == "evaluate: stopped by SIGTERM" and captured.out == ""
+
+
+def test_checkpoint_is_read_once(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """evaluate --ckpt opens and checks the checkpoint file once (the model is built from what was read)."""
+    import torch
+
+    loads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args[0]) or load(*args, **kwargs))
+    assert main(["--ckpt", str(tiny_checkpoint), "--beam_size", "1", "--output_dir", str(tmp_path / "eval"),
+                 "--trainer.accelerator", "cpu", "--json"]) == 0
+    assert len(loads) == 1 and Path(loads[0]) == tiny_checkpoint  # the model's CNN is random: nothing else loads

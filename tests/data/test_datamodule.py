@@ -83,19 +83,19 @@ def test_max_len_truncates_training_captions(demo_root, tmp_path):
 
 def test_feature_cache_hit_miss_and_invalidation(demo_root, tmp_path):
     dm = _dm(demo_root, tmp_path)
-    cache_file = dm._cache_file()
+    cache_file = dm.cache_file()
     assert cache_file.is_file()
     stamp = cache_file.stat().st_mtime_ns
     again = _dm(demo_root, tmp_path)  # same key: hit, no recompute
-    assert again._cache_file() == cache_file and cache_file.stat().st_mtime_ns == stamp
+    assert again.cache_file() == cache_file and cache_file.stat().st_mtime_ns == stamp
     other = _dm(demo_root, tmp_path, image_size=48)  # transform changes -> new key -> recomputed
-    assert other._cache_file() != cache_file and other._cache_file().is_file()
+    assert other.cache_file() != cache_file and other.cache_file().is_file()
     assert other.datasets["train"].features.features.shape[1] == 512
 
 
 def test_partial_cache_file_is_never_used(demo_root, tmp_path):
     dm = _dm(demo_root, tmp_path)
-    cache_file = dm._cache_file()
+    cache_file = dm.cache_file()
     good = load_features(cache_file).features.clone()
     cache_file.write_bytes(cache_file.read_bytes()[:100])  # a torn write from an interrupted run
     again = _dm(demo_root, tmp_path)

@@ -138,3 +138,35 @@ def test_every_config_runs_with_every_logger(config, logger, demo_root, tmp_path
     if logger == "none" and "LearningRateMonitor" in (REPO / "configs" / "flickr8k.yaml").read_text() \
             and (config.parent.name == "experiments" or config.name == "flickr8k.yaml"):
         assert "LearningRateMonitor is left out" in out
+
+
+def test_train_py_checks_the_options_once_and_reads_a_features_file_once(demo_root, tmp_path, monkeypatch):
+    """The CLI's options check hands its results to the constructors: the features file is read and scanned
+    once, and the encoder options are checked once (not again in each constructor)."""
+    import showtell.data.datamodule as datamodule_file
+    import showtell.data.feature_source as feature_source_file
+    import showtell.training.cli as cli_file
+    import showtell.training.module as module_file
+
+    names = sorted(p.name for p in (demo_root / "Images").iterdir())
+    save_features(tmp_path / "f.npz", names, np.ones((len(names), 8), np.float16))
+    reads, encoder_checks = [], []
+
+    def counted(load):
+        return lambda *args, **kwargs: reads.append(args[0]) or load(*args, **kwargs)
+
+    for file in (datamodule_file, feature_source_file):
+        monkeypatch.setattr(file, "load_features", counted(file.load_features))
+    for file in (datamodule_file, module_file):
+        check = file.check_encoder_options
+        monkeypatch.setattr(file, "check_encoder_options",
+                            lambda opts, check=check: encoder_checks.append(1) or check(opts))
+    cli = cli_file.ShowTellCLI(args=["--config", str(REPO / DEMO_CONFIG), "--data.root", str(demo_root),
+                                     "--data.demo", "false", "--data.features", str(tmp_path / "f.npz"),
+                                     "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.model.hparams.feature_dim == 8 and cli.datamodule.features_table.dim == 8
+    assert len(reads) == 1 and len(encoder_checks) == 1
+    # built directly (Python, evaluate), each constructor checks its own options
+    datamodule_file.CaptionDataModule(root=str(demo_root), features=str(tmp_path / "f.npz"), encoder="resnet18",
+                                      weights=None)
+    assert len(reads) == 2 and len(encoder_checks) == 2
