@@ -60,11 +60,11 @@ from showtell.perf.training_speed import (
     PAPER_EPOCHS,
     REAL_CAPTIONS,
     Setup,
-    _plain,
     check_targets,
     ensure_dataset,
     environment,
     format_table,
+    jsonable,
     measure,
     peak_memory,
     quiet_lightning,
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["targets"] = check_targets(results)
     out = Path(args.out).expanduser() if args.out else workdir / f"bench_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = _plain(results)
+    results = jsonable(results)
     out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(format_table(results))
     print(f"results: {out}")

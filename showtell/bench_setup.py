@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from showtell.data.layouts import KARPATHY_FILES
-from showtell.perf.setup_speed import COCO_IMAGES, FEATURES_FILE, _load, generate_coco_like, measure_processes
+from showtell.perf.setup_speed import COCO_IMAGES, FEATURES_FILE, generate_coco_like, load_previous, measure_processes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {
         "images": args.images, "dim": args.dim, "vocab_types": args.vocab_types, "seed": args.seed,
         "batch_size": args.batch_size, "files": sizes, "generate_s": round(generate_s, 1), "rounds": rounds,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "cpu_load": _load(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "cpu_load": load_previous(),
         "python": sys.version.split()[0],
     }
     print(_summary(rounds))

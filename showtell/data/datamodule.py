@@ -173,7 +173,7 @@ class CaptionDataModule(L.LightningDataModule):
             check_encoder_options(Options("model", {k: options[k] for k in ("encoder", "weights") if k in options}))
         opts.positive_int("image_size", optional=True)
         opts.folder("cache_dir", optional=True)
-        opts.integer("demo_images", minimum=8)  # showtell.demo.generate_demo's limits: every split gets an image
+        opts.integer("demo_images", minimum=8)  # showtell.data.synthetic.generate_demo's limits: every split gets an image
         opts.integer("demo_image_size", minimum=32)
         opts.non_negative_int("demo_seed")
         opts.integer("split_seed")

@@ -1,4 +1,5 @@
-"""Caption datasets: (image or features, caption) pairs for training, images with all their references for evaluation, and the batch they are collated into."""
+"""Caption datasets: (image or features, caption) pairs for training, images with all their references for
+evaluation, and the batch they are collated into."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Parsing caption files (Kaggle CSV, Flickr8k token file, Karpathy JSON) and split files, recording what was skipped and why."""
+"""Parsing caption files (Kaggle CSV, Flickr8k token file, Karpathy JSON) and split files, recording what was
+skipped and why (``SkipReport``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from showtell.data.layouts import CAPTION_FILES, CAPTIONS_PER_IMAGE, KARPATHY_FILES, KARPATHY_SPLITS, SPLIT_FILES
-from showtell.data.locate import _check_root, _find_file
+from showtell.data.locate import check_root, find_file
 from showtell.errors import DatasetError
 
 # Reasons recorded in a SkipReport. The strings are stable: tests and users grep for them.
 MALFORMED_LINE = "malformed caption-file lines"
-
-
 NO_IMAGE_FILE = "caption lines naming no image file"
 EMPTY_CAPTION = "empty captions (no words)"
 DUPLICATE_CAPTION = "duplicate captions"
@@ -80,7 +79,7 @@ Entries = list[tuple[str, str]]  # (image name, raw caption) pairs in file order
 
 
 @dataclass
-class _Parsed:
+class Parsed:
     """What a caption file holds: its captions, the split it defines (or None), and for Karpathy's JSON the
     dataset it declares and each image's folder (COCO's ``filepath``)."""
 
@@ -90,7 +89,7 @@ class _Parsed:
     subfolders: dict[str, str] = field(default_factory=dict)
 
 
-def _parse_kaggle(path: Path, report: SkipReport) -> _Parsed:
+def _parse_kaggle(path: Path, report: SkipReport) -> Parsed:
     """captions.txt: CSV ``image,caption``; the csv module handles quoted commas and doubled quotes."""
     entries: Entries = []
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
@@ -108,10 +107,10 @@ def _parse_kaggle(path: Path, report: SkipReport) -> _Parsed:
                 report.add(MALFORMED_LINE, where)
                 continue
             entries.append((row[0].strip(), row[1]))
-    return _Parsed(entries)
+    return Parsed(entries)
 
 
-def _parse_token_file(path: Path, report: SkipReport) -> _Parsed:
+def _parse_token_file(path: Path, report: SkipReport) -> Parsed:
     """Flickr8k.token.txt: ``NAME#K<TAB>caption`` per line."""
     entries: Entries = []
     with path.open(encoding="utf-8-sig", errors="replace") as f:
@@ -124,10 +123,10 @@ def _parse_token_file(path: Path, report: SkipReport) -> _Parsed:
                 report.add(MALFORMED_LINE, f"{path.name} line {lineno}")
                 continue
             entries.append((name.strip(), caption))
-    return _Parsed(entries)
+    return Parsed(entries)
 
 
-def _parse_karpathy(path: Path, report: SkipReport) -> _Parsed:
+def _parse_karpathy(path: Path, report: SkipReport) -> Parsed:
     """Karpathy's dataset_*.json: images with filename, optional filepath, split and sentences; the ``raw``
     sentences are used (``tokens`` joined when an entry has no ``raw``)."""
     data = _read_karpathy_json(path)
@@ -156,7 +155,7 @@ def _parse_karpathy(path: Path, report: SkipReport) -> _Parsed:
                 report.add(MALFORMED_LINE, f"{path.name} images[{i}].sentences[{j}]")
                 continue
             entries.append((name, raw))
-    return _Parsed(entries, splits, declared if isinstance(declared, str) else None, subfolders)
+    return Parsed(entries, splits, declared if isinstance(declared, str) else None, subfolders)
 
 
 class _KarpathyEntry(NamedTuple):
@@ -192,7 +191,7 @@ def _read_karpathy_json(path: Path) -> object:
         raise DatasetError(f"{path} is not valid JSON ({e}); re-download {path.name}") from None
 
 
-_PARSERS = {"kaggle": _parse_kaggle, "original": _parse_token_file, "karpathy": _parse_karpathy}
+PARSERS = {"kaggle": _parse_kaggle, "original": _parse_token_file, "karpathy": _parse_karpathy}
 
 
 def read_caption_file(path: str | Path) -> Entries:
@@ -205,7 +204,7 @@ def read_caption_file(path: str | Path) -> Entries:
         raise DatasetError(f"{path} is not a caption file: expected one named {', '.join(formats)}")
     if not path.is_file():
         raise DatasetError(f"caption file {path} does not exist")
-    return _PARSERS[formats[path.name]](path, SkipReport()).entries
+    return PARSERS[formats[path.name]](path, SkipReport()).entries
 
 
 def captions_by_image(path: str | Path) -> dict[str, list[str]]:
@@ -218,21 +217,21 @@ def captions_by_image(path: str | Path) -> dict[str, list[str]]:
 
 def original_files(root: str | Path) -> tuple[Path, dict[str, list[str]]]:
     """The original Flickr8k files in ``root``: the token file and the official split (names per split)."""
-    root = _check_root(Path(root), "flickr8k")
-    token_file = _find_file(root, CAPTION_FILES["original"])
+    root = check_root(Path(root), "flickr8k")
+    token_file = find_file(root, CAPTION_FILES["original"])
     if token_file is None:
         raise DatasetError(f"no {CAPTION_FILES['original']} in {root} or its subfolders; give the folder of the "
                            "original Flickr8k text files (Flickr8k_text/)")
-    splits = _read_split_files(root, token_file.parent)
+    splits = read_split_files(root, token_file.parent)
     if splits is None:
         raise DatasetError(f"no official split files ({', '.join(SPLIT_FILES.values())}) in {root} or its "
                            "subfolders; they come with the original Flickr8k text files")
     return token_file, splits
 
 
-def _read_split_files(root: Path, caption_dir: Path) -> dict[str, list[str]] | None:
+def read_split_files(root: Path, caption_dir: Path) -> dict[str, list[str]] | None:
     """The official split files beside the caption file (else anywhere findable), or None if absent."""
-    found = {key: caption_dir / name if (caption_dir / name).is_file() else _find_file(root, name)
+    found = {key: caption_dir / name if (caption_dir / name).is_file() else find_file(root, name)
              for key, name in SPLIT_FILES.items()}
     present = {key: path for key, path in found.items() if path is not None}
     if not present:

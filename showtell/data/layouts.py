@@ -1,10 +1,15 @@
-"""Writing datasets in the Kaggle Flickr8k layout and in Karpathy's JSON, and the facts their reader shares.
+"""The facts of the published dataset layouts, shared by their readers (``locate``, ``formats``, ``sources``) and
+writers (``writers``): file and folder names, the formats in detection order, where to get each dataset, and
+the seeded by-image split of layouts that carry none.
 
 Kaggle Flickr8k::
 
     root/Images/...                              the image files
     root/captions.txt                            CSV ``image,caption``, one row per caption
     root/Flickr_8k.{train,dev,test}Images.txt    one image name per line (the official split files' names)
+
+The original Flickr8k files: ``Flickr8k.token.txt`` (``name.jpg#k<TAB>caption``), the same three split files,
+and ``Flickr8k_Dataset/``.
 
 Karpathy's split (``dataset_flickr8k.json``, ``dataset_flickr30k.json``, ``dataset_coco.json``; Karpathy &
 Fei-Fei 2015)::
@@ -16,13 +21,6 @@ Fei-Fei 2015)::
                  "sentences": [{"raw": "A man ...", "tokens": ["a", "man", ...], "imgid": 0, "sentid": 0}, ...]},
                 ...],
      "dataset": "flickr8k" | "flickr30k" | "coco"}
-
-``showtell.data.sources`` reads these files (and the other layouts); the synthetic datasets (``showtell.data.synthetic``,
-``showtell.bench_setup``) and the tests write them with the functions here, and ``write_dataset_folder`` puts a
-generated folder in place only once it is complete. ``karpathy_from_original`` turns the original Flickr8k
-files (token file and split files) into Karpathy's JSON::
-
-    python -m showtell.layouts karpathy --root data/flickr8k --out data/flickr8k_karpathy/dataset_flickr8k.json
 """
 
 from __future__ import annotations
@@ -33,22 +31,35 @@ import numpy as np
 
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
                "test": "Flickr_8k.testImages.txt"}
-
-
 CAPTIONS_FILE = "captions.txt"
-
-
 IMAGE_DIR = "Images"
-
-
 KARPATHY_FILES = {"flickr8k": "dataset_flickr8k.json", "flickr30k": "dataset_flickr30k.json",
                   "coco": "dataset_coco.json"}
-
-
 DATASETS = tuple(KARPATHY_FILES)
-
-
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
+
+
+FORMATS = ("karpathy", "original", "kaggle")  # detection priority, first wins
+CAPTION_FILES = {"karpathy": KARPATHY_FILES["flickr8k"], "original": "Flickr8k.token.txt",
+                 "kaggle": CAPTIONS_FILE}  # Flickr8k's; Flickr30k and COCO come as Karpathy's JSON only
+IMAGE_DIRS = ("Images", "Flickr8k_Dataset", "Flicker8k_Dataset", "flickr30k-images", "flickr30k_images", "images")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CAPTIONS_PER_IMAGE = 5
+KARPATHY_ZIP = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
+HOW_TO_GET_FLICKR8K = (
+    "Download Flickr8k (Kaggle dataset adityajn105/flickr8k, "
+    "https://www.kaggle.com/datasets/adityajn105/flickr8k) and unzip it there, or generate an offline "
+    "synthetic dataset with `python -m showtell.demo --root data/demo`."
+)
+
+
+HOW_TO_GET = {
+    "flickr8k": HOW_TO_GET_FLICKR8K,
+    "flickr30k": ("Get the Flickr30k images (flickr30k-images/, https://shannon.cs.illinois.edu/DenotationGraph/) "
+                  f"and Karpathy's dataset_flickr30k.json (in {KARPATHY_ZIP}) and put them there."),
+    "coco": ("Unzip MS-COCO's train2014.zip and val2014.zip (https://cocodataset.org/#download) there, with "
+             f"Karpathy's dataset_coco.json (in {KARPATHY_ZIP}) beside them."),
+}
 
 
 def seeded_split(names: Iterable[str], seed: int, sizes: Mapping[str, int] | None = None) -> dict[str, list[str]]:
@@ -67,28 +78,3 @@ def seeded_split(names: Iterable[str], seed: int, sizes: Mapping[str, int] | Non
         splits[key] = sorted(order[i] for i in permutation[start:start + sizes[key]])
         start += sizes[key]
     return splits
-
-
-FORMATS = ("karpathy", "original", "kaggle")  # detection priority, first wins
-CAPTION_FILES = {"karpathy": KARPATHY_FILES["flickr8k"], "original": "Flickr8k.token.txt",
-                 "kaggle": CAPTIONS_FILE}  # Flickr8k's; Flickr30k and COCO come as Karpathy's JSON only
-IMAGE_DIRS = ("Images", "Flickr8k_Dataset", "Flicker8k_Dataset", "flickr30k-images", "flickr30k_images", "images")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-CAPTIONS_PER_IMAGE = 5
-KARPATHY_ZIP = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
-
-
-HOW_TO_GET_FLICKR8K = (
-    "Download Flickr8k (Kaggle dataset adityajn105/flickr8k, "
-    "https://www.kaggle.com/datasets/adityajn105/flickr8k) and unzip it there, or generate an offline "
-    "synthetic dataset with `python -m showtell.demo --root data/demo`."
-)
-
-
-HOW_TO_GET = {
-    "flickr8k": HOW_TO_GET_FLICKR8K,
-    "flickr30k": ("Get the Flickr30k images (flickr30k-images/, https://shannon.cs.illinois.edu/DenotationGraph/) "
-                  f"and Karpathy's dataset_flickr30k.json (in {KARPATHY_ZIP}) and put them there."),
-    "coco": ("Unzip MS-COCO's train2014.zip and val2014.zip (https://cocodataset.org/#download) there, with "
-             f"Karpathy's dataset_coco.json (in {KARPATHY_ZIP}) beside them."),
-}

@@ -17,7 +17,6 @@ from showtell.data.layouts import (
 )
 from showtell.errors import DatasetError
 
-_PROGRESS_MIN_FILES = 500  # below this the image scan is too quick for a progress bar to help
 
 
 def image_file(image_dir: Path, subfolders: Mapping[str, str], name: str) -> Path:
@@ -29,7 +28,7 @@ def image_file(image_dir: Path, subfolders: Mapping[str, str], name: str) -> Pat
 # ----------------------------------------------------------------------------------------------- locating
 def detect_format(root: str | Path, dataset: str = "auto") -> str:
     """The layout inside ``root``: "karpathy", "original" or "kaggle" (that priority), else DatasetError."""
-    return _detect(_check_root(Path(root), dataset), dataset)[0]
+    return _detect(check_root(Path(root), dataset), dataset)[0]
 
 
 def _check_dataset(dataset: str) -> None:
@@ -40,16 +39,16 @@ def _check_dataset(dataset: str) -> None:
 def _detect(root: Path, dataset: str) -> tuple[str, Path]:
     _check_dataset(dataset)
     wanted = DATASETS if dataset == "auto" else (dataset,)
-    found = [path for path in (_find_file(root, KARPATHY_FILES[d]) for d in wanted) if path is not None]
+    found = [path for path in (find_file(root, KARPATHY_FILES[d]) for d in wanted) if path is not None]
     if len(found) > 1:
         names = " and ".join(str(path) for path in found)
         raise DatasetError(f"found {names}: choose one with --data.dataset "
-                           f"{'|'.join(d for d in DATASETS if _find_file(root, KARPATHY_FILES[d]))}")
+                           f"{'|'.join(d for d in DATASETS if find_file(root, KARPATHY_FILES[d]))}")
     if found:
         return "karpathy", found[0]
     if dataset in ("auto", "flickr8k"):
         for fmt in ("original", "kaggle"):
-            path = _find_file(root, CAPTION_FILES[fmt])
+            path = find_file(root, CAPTION_FILES[fmt])
             if path is not None:
                 return fmt, path
     what = "caption file" if dataset == "auto" else f"{dataset} caption file"
@@ -70,7 +69,7 @@ def _no_dataset_error(root: Path, problem: str, dataset: str = "auto") -> Datase
     return DatasetError(f"{problem}: looked for {_looked_for(dataset)}. {how}")
 
 
-def _check_root(root: Path, dataset: str = "auto") -> Path:
+def check_root(root: Path, dataset: str = "auto") -> Path:
     if not root.exists():
         raise _no_dataset_error(root, f"dataset folder {root} does not exist", dataset)
     if not root.is_dir():
@@ -86,7 +85,7 @@ def _subfolders(folder: Path) -> list[Path]:
         return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith((".", "__")))
 
 
-def _find_file(root: Path, name: str) -> Path | None:
+def find_file(root: Path, name: str) -> Path | None:
     """``root/name``, else ``root/<subfolder>/name`` (subfolders in sorted order)."""
     for folder in [root, *_subfolders(root)]:
         if (folder / name).is_file():
@@ -94,7 +93,7 @@ def _find_file(root: Path, name: str) -> Path | None:
     return None
 
 
-def _caption_file(root: Path, format: str, dataset: str) -> tuple[str, Path]:
+def find_caption_file(root: Path, format: str, dataset: str) -> tuple[str, Path]:
     if format == "auto":
         return _detect(root, dataset)
     if format not in CAPTION_FILES:
@@ -103,14 +102,14 @@ def _caption_file(root: Path, format: str, dataset: str) -> tuple[str, Path]:
     _check_dataset(dataset)
     if format == "karpathy":
         wanted = DATASETS if dataset == "auto" else (dataset,)
-        if any(_find_file(root, KARPATHY_FILES[d]) for d in wanted):
+        if any(find_file(root, KARPATHY_FILES[d]) for d in wanted):
             return _detect(root, dataset)  # the one file, or the error asking to choose
         expected = " or ".join(KARPATHY_FILES[d] for d in wanted)
     elif dataset not in ("auto", "flickr8k"):
         raise DatasetError(f"format={format!r} is a Flickr8k layout, but dataset={dataset!r} comes as Karpathy's "
                            f"{KARPATHY_FILES[dataset]}: use format 'karpathy' or 'auto'")
     else:
-        path = _find_file(root, CAPTION_FILES[format])
+        path = find_file(root, CAPTION_FILES[format])
         if path is not None:
             return format, path
         expected = CAPTION_FILES[format]
@@ -123,18 +122,18 @@ def _caption_file(root: Path, format: str, dataset: str) -> tuple[str, Path]:
                        f"none{hint}")
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 def _image_names(folder: Path) -> set[str]:
     with os.scandir(folder) as it:
-        return {e.name for e in it if _is_image_name(e.name) and e.is_file()}
+        return {e.name for e in it if is_image_name(e.name) and e.is_file()}
 
 
 def _has_images(folder: Path) -> bool:
     with os.scandir(folder) as it:
-        return any(_is_image_name(e.name) and e.is_file() for e in it)
+        return any(is_image_name(e.name) and e.is_file() for e in it)
 
 
 def _with_images(folder: Path) -> Path | None:
@@ -145,7 +144,7 @@ def _with_images(folder: Path) -> Path | None:
     return next((sub for sub in _subfolders(folder) if _has_images(sub)), None)
 
 
-def _holds_subfolders(base: Path, subfolders: set[str]) -> bool:
+def holds_subfolders(base: Path, subfolders: set[str]) -> bool:
     return any((base / sub).is_dir() for sub in subfolders)
 
 
@@ -166,7 +165,7 @@ def find_image_dir(root: Path, caption_file: Path, dataset: str = "flickr8k", su
         given = Path(given).expanduser()
         if not given.is_dir():
             raise DatasetError(f"--data.image_dir {given} is not a folder; give the folder holding the images")
-        if subfolders and _holds_subfolders(given, subfolders):
+        if subfolders and holds_subfolders(given, subfolders):
             return given
         found = _with_images(given)
         if found is None:
@@ -177,7 +176,7 @@ def find_image_dir(root: Path, caption_file: Path, dataset: str = "flickr8k", su
     bases = list(dict.fromkeys([caption_file.parent, root, *_subfolders(root)]))
     if subfolders:
         for base in bases:
-            if _holds_subfolders(base, subfolders):
+            if holds_subfolders(base, subfolders):
                 return base
         folders = ", ".join(f"{d}/" for d in sorted(subfolders))
         raise DatasetError(f"found {caption_file} but not the image folders its entries name ({folders}) in "
@@ -199,7 +198,7 @@ def find_image_dir(root: Path, caption_file: Path, dataset: str = "flickr8k", su
                        f"--data.image_dir, {_NO_IMAGES_HINT}")
 
 
-def _existing_images(folder: Path, subfolders: dict[str, str], named: set[str]) -> set[str]:
+def existing_images(folder: Path, subfolders: dict[str, str], named: set[str]) -> set[str]:
     """Image files present: in ``folder``, or for entries with a subfolder (COCO) in their own subfolder."""
     if not subfolders:
         return _image_names(folder)

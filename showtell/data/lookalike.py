@@ -16,16 +16,16 @@ from tqdm import tqdm
 
 from showtell.data.formats import read_caption_file
 from showtell.data.layouts import CAPTIONS_PER_IMAGE, IMAGE_DIR, seeded_split
-from showtell.data.synthetic import LENGTH_SHAPE, MAX_WORDS, MEAN_WORDS, NUM_WORDS, ZIPF_EXPONENT
 from showtell.data.writers import has_marker, write_dataset_folder, write_kaggle
 from showtell.vocab import tokenize
 
-# ------------------------------------------------------------------------------------ Flickr8k-shaped data
 FLICKR8K_LIKE_MARKER = ".showtell_flickr8k_like.json"
-
-
 FLICKR8K_LIKE_VERSION = 2  # 2: caption lengths may be copied from the real captions
 FLICKR8K_IMAGES, FLICKR8K_TRAIN, FLICKR8K_EVAL = 8091, 6000, 1000  # + 91 images in no split
+NUM_WORDS, ZIPF_EXPONENT = 3500, 1.2  # -> ~3,000 words with count >= 5 in 6,000 x 5 train captions
+# Gamma lengths: mean 11.8, sd ~4.2. The real captions have 11.8 words when split on spaces (sd 3.9), but
+# only 10.8 by showtell's tokenizer, which drops the final "."; real lengths (``real_lengths``) are exact.
+MEAN_WORDS, MAX_WORDS, LENGTH_SHAPE = 11.8, 38, 8.0
 ONE_WORD_RATE = 1 / 2000
 COMMA_RATE = 0.06  # Kaggle's captions.txt quotes captions with commas (~6% of them)
 PHOTO_QUALITY = 90

@@ -1,10 +1,12 @@
-"""Caption files of Flickr8k, Flickr30k and MS-COCO in any of their layouts -> one ``CaptionCorpus``.
+"""Caption files of Flickr8k, Flickr30k and MS-COCO in any of their layouts -> one ``CaptionCorpus``:
+``load_corpus`` finds the files (``showtell.data.locate``), parses them (``showtell.data.formats``), then cleans
+and splits what they hold (here).
 
 Layouts, detected from what is inside ``root`` (``root`` itself and one level of subfolders, e.g.
 ``Flickr8k_text/``):
 
 - ``karpathy``: Karpathy's split, ``dataset_flickr8k.json``, ``dataset_flickr30k.json`` or ``dataset_coco.json``
-  (captions and split in one file; format in ``showtell.layouts``) and the images: an image folder for the
+  (captions and split in one file; format in ``showtell.data.layouts``) and the images: an image folder for the
   Flickr datasets (``Images/``, ``Flickr8k_Dataset/``, ``flickr30k-images/``, ...), for COCO the folders
   its entries' ``filepath`` names (``train2014/``, ``val2014/``), or the folder given as ``image_dir``.
 - ``original`` (Flickr8k): ``Flickr8k.token.txt`` (``NAME.jpg#K<TAB>caption``), the split files
@@ -21,7 +23,7 @@ Karpathy file holds is read from its ``dataset`` field.
 Splits: the Karpathy json split (``restval``, COCO's 30,504 validation images outside Karpathy's val and test,
 joins train unless ``restval=False``), else the official split files wherever they are present (also beside a
 Kaggle ``captions.txt``; "dev" becomes "val"), else a split *by image* seeded by ``split_seed``
-(75% / 12.5% / 12.5%, ``showtell.layouts.seeded_split``, the split the synthetic datasets write). Only images
+(75% / 12.5% / 12.5%, ``showtell.data.layouts.seeded_split``, the split the synthetic datasets write). Only images
 that end up in a split are kept, so ``captions`` holds exactly the images of ``splits``. Images keep all their
 captions (COCO has some with 6 or 7).
 
@@ -42,7 +44,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from showtell.data.formats import (
-    _PARSERS,
+    PARSERS,
     CORRUPT_IMAGE,
     DUPLICATE_CAPTION,
     EMPTY_CAPTION,
@@ -57,24 +59,26 @@ from showtell.data.formats import (
     UNCAPTIONED_IMAGE,
     Entries,
     SkipReport,
-    _Parsed,
-    _read_split_files,
+    Parsed,
+    read_split_files,
     gc_paused,
 )
 from showtell.data.layouts import CAPTIONS_PER_IMAGE, DATASETS, KARPATHY_FILES, SPLIT_FILES, seeded_split
 from showtell.data.locate import (
-    _PROGRESS_MIN_FILES,
-    _caption_file,
-    _check_root,
-    _existing_images,
-    _holds_subfolders,
-    _is_image_name,
+    find_caption_file,
+    check_root,
+    existing_images,
+    holds_subfolders,
+    is_image_name,
     find_image_dir,
     image_file,
 )
 from showtell.errors import DatasetError
 from showtell.files import image_is_readable
 from showtell.vocab import normalized
+
+_PROGRESS_MIN_FILES = 500  # below this the image scan is too quick for a progress bar to help
+
 
 
 @dataclass
@@ -107,7 +111,7 @@ class CaptionCorpus:
 def _drop_unnamed_images(entries: Entries, image_files: set[str] | None, report: SkipReport) -> Entries:
     """Keep lines whose name is an image file name (and, when files are known, an existing file)."""
     usable = {name for name in {name for name, _ in entries}
-              if _is_image_name(name) and (image_files is None or name in image_files)}
+              if is_image_name(name) and (image_files is None or name in image_files)}
     kept = []
     for name, caption in entries:
         if name in usable:
@@ -192,11 +196,11 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
     ``progress`` shows a progress bar while image files are checked.
     Raises DatasetError with one line saying what is wrong and what to do.
     """
-    root = _check_root(Path(root), dataset)
-    fmt, caption_file = _caption_file(root, format, dataset)
+    root = check_root(Path(root), dataset)
+    fmt, caption_file = find_caption_file(root, format, dataset)
     report = SkipReport()
     with gc_paused():
-        parsed = _PARSERS[fmt](caption_file, report)
+        parsed = PARSERS[fmt](caption_file, report)
     found_dataset = _dataset_of(parsed, caption_file, dataset, fmt)
     if not parsed.entries:
         raise DatasetError(f"{caption_file} contains no captions; re-download it or check the file")
@@ -207,9 +211,9 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
         if require_images:
             raise
         folder = None  # features replace the images; a missing image folder is no error then
-    if folder is not None and not _holds_subfolders(folder, subfolders):
+    if folder is not None and not holds_subfolders(folder, subfolders):
         parsed.subfolders = {}  # all images in one folder (given with image_dir)
-    split_names = parsed.splits if parsed.splits is not None else _read_split_files(root, caption_file.parent)
+    split_names = parsed.splits if parsed.splits is not None else read_split_files(root, caption_file.parent)
 
     entries = parsed.entries
     named = {name for name, _ in entries}
@@ -225,7 +229,7 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
             left_out = set(restval_names)
             entries = [(name, caption) for name, caption in entries if name not in left_out]
 
-    image_files = _existing_images(folder, parsed.subfolders, named) if require_images else None
+    image_files = existing_images(folder, parsed.subfolders, named) if require_images else None
     entries = _drop_unnamed_images(entries, image_files, report)
     for name in sorted((image_files or set()) - named):
         report.add(UNCAPTIONED_IMAGE, name)
@@ -257,7 +261,7 @@ def load_corpus(root: str | Path, format: str = "auto", *, dataset: str = "auto"
                          dataset=found_dataset, subfolders=subfolders_used, texts=texts)
 
 
-def _dataset_of(parsed: _Parsed, caption_file: Path, wanted: str, fmt: str) -> str:
+def _dataset_of(parsed: Parsed, caption_file: Path, wanted: str, fmt: str) -> str:
     """The dataset a caption file holds: a Karpathy file's ``dataset`` field (else its name); Flickr8k for the
     other layouts. A field that contradicts an explicit ``dataset`` is an error."""
     if fmt != "karpathy":

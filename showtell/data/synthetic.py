@@ -1,4 +1,5 @@
-"""Offline synthetic datasets in the Kaggle Flickr8k layout: the learnable shapes demo and a Flickr8k-shaped set.
+"""The offline synthetic shapes demo in the Kaggle Flickr8k layout (the benchmark's Flickr8k-shaped data is in
+``showtell.data.lookalike``).
 
 No machine of this project can download Flickr8k, so ``generate_demo`` writes a small stand-in that every
 part of showtell reads exactly like the real thing::
@@ -60,8 +61,6 @@ _DEMO_ENTRIES = {MARKER, CAPTIONS_FILE, IMAGE_DIR, ".showtell_cache", *SPLIT_FIL
 JPEG_QUALITY = 95
 SUPERSAMPLE = 2  # draw at 2x and downscale: anti-aliased edges
 BACKGROUND = (245, 245, 245)
-
-
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
@@ -258,11 +257,3 @@ def generate_demo(root: str | Path, num_images: int = 3000, seed: int = 0, image
     write_dataset_folder(root, lambda folder: _write(folder, num_images, seed, image_size, progress), MARKER,
                          _params(num_images, seed, image_size), keep_if=keep)
     return root
-
-
-NUM_WORDS, ZIPF_EXPONENT = 3500, 1.2  # -> ~3,000 words with count >= 5 in 6,000 x 5 train captions
-
-
-# Gamma lengths: mean 11.8, sd ~4.2. The real captions have 11.8 words when split on spaces (sd 3.9), but
-# only 10.8 by showtell's tokenizer, which drops the final "."; real lengths (``real_lengths``) are exact.
-MEAN_WORDS, MAX_WORDS, LENGTH_SHAPE = 11.8, 38, 8.0

@@ -1,4 +1,11 @@
-"""Writing dataset folders in the published layouts (Kaggle, original, Karpathy JSON), atomically."""
+"""Writing datasets in the published layouts (Kaggle's ``captions.txt`` and split files, Karpathy's JSON), for
+the synthetic datasets (``showtell.data.synthetic``, ``showtell.data.lookalike``, the COCO-scale benchmark) and
+the tests. ``write_dataset_folder`` puts a generated folder in place only once it is complete, so an
+interrupted run never leaves a folder that looks complete. ``karpathy_from_original`` turns the original
+Flickr8k files (token file and split files) into Karpathy's JSON::
+
+    python -m showtell.layouts karpathy --root data/flickr8k --out data/flickr8k_karpathy/dataset_flickr8k.json
+"""
 
 from __future__ import annotations
 

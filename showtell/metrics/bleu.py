@@ -41,8 +41,6 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 # coco-caption's epsilons: added to n-gram matches (tiny) and n-gram totals / lengths (small).
 BLEU_TINY = 1e-15
-
-
 BLEU_SMALL = 1e-9
 
 
@@ -106,7 +104,7 @@ def bleu_from_statistics(stats: Tensor | Sequence[float]) -> dict[str, float]:
     return scores
 
 
-def _check_pairs(hypotheses: Sequence, references: Sequence) -> None:
+def check_pairs(hypotheses: Sequence, references: Sequence) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(
             f"got {len(hypotheses)} hypotheses but {len(references)} reference lists; "
@@ -116,7 +114,7 @@ def _check_pairs(hypotheses: Sequence, references: Sequence) -> None:
 
 def corpus_bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
     """Corpus BLEU-1..4 of tokenized hypotheses against all their references (zeros for an empty corpus)."""
-    _check_pairs(hypotheses, references)
+    check_pairs(hypotheses, references)
     summed = [0.0] * 10
     for hypothesis, refs in zip(hypotheses, references):
         summed = [a + b for a, b in zip(summed, bleu_statistics(hypothesis, refs))]
@@ -171,7 +169,7 @@ class CorpusBLEU(Metric):
         references: list[list[list[str]]],
         indices: Tensor | Sequence[int] | None = None,
     ) -> None:
-        _check_pairs(hypotheses, references)
+        check_pairs(hypotheses, references)
         if indices is None:
             index_values = [-1.0] * len(hypotheses)
         else:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from showtell.metrics.tokens import Tokens, _check_references, _split_hypotheses, _split_references
+from showtell.metrics.tokens import Tokens, check_references, split_hypotheses, split_references
 
 MAX_N = 4  # CIDEr-D uses 1..4-grams
 SIGMA = 6.0  # standard deviation of the Gaussian length penalty
@@ -114,8 +114,8 @@ class DocumentFrequency:
     @classmethod
     def from_references(cls, references: Sequence[Sequence[Tokens]]) -> DocumentFrequency:
         """Count, for every n-gram, the images (entries of ``references``) whose references contain it."""
-        _check_references(references, None)
-        words = _split_references(references, None)
+        check_references(references, None)
+        words = split_references(references, None)
         index = _NgramIndex([caption for refs in words for caption in refs])
         image_of_caption = np.repeat(np.arange(len(words)), [len(refs) for refs in words])
         counts = []
@@ -151,11 +151,11 @@ class CiderReward:
     """
 
     def __init__(self, references: Sequence[Sequence[Tokens]], document_frequency: DocumentFrequency):
-        _check_references(references, None)
+        check_references(references, None)
         if not isinstance(document_frequency, DocumentFrequency):
             raise ValueError(f"document_frequency must be a DocumentFrequency, got {type(document_frequency)}")
         self.document_frequency = document_frequency
-        words = _split_references(references, None)
+        words = split_references(references, None)
         self.num_images = len(words)
         self._refs_per_image = np.array([len(refs) for refs in words], dtype=np.int64)
         self._first_ref = np.concatenate([[0], np.cumsum(self._refs_per_image)[:-1]]).astype(np.int64)
@@ -185,7 +185,7 @@ class CiderReward:
 
     def __call__(self, hypotheses: Sequence[Tokens], image_index: Sequence[int]) -> np.ndarray:
         """CIDEr-D (float64, shape (N,)) of ``hypotheses[i]`` against the references of ``image_index[i]``."""
-        words = _split_hypotheses(hypotheses, None)
+        words = split_hypotheses(hypotheses, None)
         image = np.asarray(image_index)
         if image.shape != (len(words),) or (len(words) and not np.issubdtype(image.dtype, np.integer)):
             raise ValueError(
@@ -243,8 +243,8 @@ def cider_d_scores(
     ``document_frequency`` None: counted from ``references`` themselves, as coco-caption does at evaluation
     (each entry is one image). Given (e.g. the training references, for rewards): used as is.
     """
-    _split_hypotheses(hypotheses, None)  # check the hypotheses first, so errors name them
-    _check_references(references, len(hypotheses))
+    split_hypotheses(hypotheses, None)  # check the hypotheses first, so errors name them
+    check_references(references, len(hypotheses))
     if len(hypotheses) == 0:
         return np.zeros(0)
     if document_frequency is None:

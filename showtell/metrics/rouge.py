@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from showtell.metrics.tokens import Tokens, _check_references, _split_hypotheses, _split_references
+from showtell.metrics.tokens import Tokens, check_references, split_hypotheses, split_references
 
 ROUGE_BETA = 1.2
 
@@ -35,9 +35,9 @@ def _lcs_lengths(first: list[list[int]], second: list[list[int]]) -> np.ndarray:
 
 def rouge_l_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> np.ndarray:
     """Per-caption ROUGE-L (float64, shape (N,)) of pycocoevalcap's ``Rouge``, in [0, 1]."""
-    hyps = _split_hypotheses(hypotheses, " ")
-    _check_references(references, len(hyps))
-    refs = _split_references(references, " ")
+    hyps = split_hypotheses(hypotheses, " ")
+    check_references(references, len(hyps))
+    refs = split_references(references, " ")
     if len(hyps) == 0:
         return np.zeros(0)
     vocab: dict[str, int] = {}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from showtell.metrics.bleu import _check_pairs, corpus_bleu
+from showtell.metrics.bleu import check_pairs, corpus_bleu
 from showtell.metrics.cider import cider_d
 from showtell.metrics.meteor import meteor
 from showtell.metrics.rouge import rouge_l
@@ -38,7 +38,7 @@ def caption_metrics(
     runs coco-caption's jar (`meteor`) and is ``None`` with one warning when pycocoevalcap or Java is missing.
     Values are fractions; CIDEr can exceed 1.
     """
-    _check_pairs(hypotheses, references)
+    check_pairs(hypotheses, references)
     if len(hypotheses) == 0:
         raise ValueError("caption_metrics needs at least one hypothesis, got none")
     hyps = [as_tokens(h) for h in hypotheses]

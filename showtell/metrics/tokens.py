@@ -18,7 +18,7 @@ def _words(tokens: Any, what: str, separator: str | None) -> list[str]:
         raise ValueError(f"{what} must be a list of string tokens, got {tokens!r}") from None
 
 
-def _check_references(references: Any, count: int | None) -> None:
+def check_references(references: Any, count: int | None) -> None:
     if isinstance(references, str) or not isinstance(references, Sequence):
         raise ValueError(f"references must be a list of reference lists (one per image), got {references!r}")
     if count is not None and len(references) != count:
@@ -28,13 +28,13 @@ def _check_references(references: Any, count: int | None) -> None:
             raise ValueError(f"image {i} needs a non-empty list of reference token lists, got {refs!r}")
 
 
-def _split_hypotheses(hypotheses: Any, separator: str | None) -> list[list[str]]:
+def split_hypotheses(hypotheses: Any, separator: str | None) -> list[list[str]]:
     if isinstance(hypotheses, str) or not isinstance(hypotheses, Sequence):
         raise ValueError(f"hypotheses must be a list of token lists, got {hypotheses!r}")
     return [_words(h, f"hypothesis {i}", separator) for i, h in enumerate(hypotheses)]
 
 
-def _split_references(references: Sequence[Sequence[Tokens]], separator: str | None) -> list[list[list[str]]]:
+def split_references(references: Sequence[Sequence[Tokens]], separator: str | None) -> list[list[list[str]]]:
     return [
         [_words(r, f"reference {j} of image {i}", separator) for j, r in enumerate(rs)]
         for i, rs in enumerate(references)

@@ -18,11 +18,7 @@ from showtell.errors import OptionError, WeightsUnavailableError
 from showtell.options import Options, shown_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 RANDOM_INIT_SEED = 0  # weights=None always gives the same CNN
 
 
@@ -113,8 +109,6 @@ class _Spec:
 
 # Built as torchvision builds it for its pretrained weights (inputs re-normalised inside the model).
 _INCEPTION = _Spec(_cut_inception, (("transform_input", True), ("init_weights", False)))
-
-
 _SPECS: dict[str, _Spec] = {
     **{f"resnet{n}": _Spec(_cut_fc) for n in (18, 34, 50, 101, 152)},
     "inception_v3": _INCEPTION,

@@ -197,7 +197,7 @@ def measure_processes(count: int, root: Path, batch_size: int, train_batches: in
     return results
 
 
-def _load() -> list[float] | None:
+def load_previous() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:

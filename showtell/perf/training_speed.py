@@ -39,8 +39,6 @@ from showtell.training.outputs import TestOutputWriter
 PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.yaml"
 PAPER_EPOCHS = 30
 REAL_CAPTIONS = Path(__file__).resolve().parents[3] / "shared" / "flickr8k" / "Flickr8k.token.txt"
-
-
 REQUIRED_KEYS = ("extract_images_per_s", "train_captions_per_s", "epoch_s", "unbucketed_epoch_s", "plain_epoch_s",
                  "bucketed_ratio", "lightning_overhead", "padding_ratio", "unbucketed_padding_ratio",
                  "greedy_captions_per_s", "beam3_captions_per_s", "paper_run_s", "peak_gpu_mem_mb",
@@ -456,12 +454,12 @@ def measure(root: Path, setup: Setup, args: argparse.Namespace) -> dict[str, Any
     return results
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-ready: tensors and numpy scalars as numbers, NaN/inf as null, paths as strings."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, torch.Tensor | np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -22,12 +22,12 @@ from showtell.studies.spec import (
     WANDB_LOGGER,
     Run,
     Spec,
-    _single_logger,
-    _value,
-    _wandb_tags,
     check_folder,
     check_options,
+    cli_value,
     plan_runs,
+    single_logger,
+    wandb_tags,
 )
 
 
@@ -164,7 +164,7 @@ def _sweep_value(value: Any) -> Any:
     """A grid value as a wandb agent passes it on (``--key={value}``, Python's str()): numbers and strings as
     they are, anything else (null, booleans, lists) in the syntax train.py reads (str(None) is 'None')."""
     return value if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)) \
-        else _value(value)
+        else cli_value(value)
 
 
 def wandb_sweep(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
@@ -172,13 +172,13 @@ def wandb_sweep(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
     ``config`` is one run's resolved config (its logger decides whether the wandb logger is switched in)."""
     parameters = {key: {"values": [_sweep_value(v) for v in values]} for key, values in spec.grid.items()}
     parameters["seed_everything"] = {"values": spec.seeds}
-    fixed = [f"--config={c}" for c in spec.base] + [f"--{k}={_value(v)}" for k, v in spec.overrides.items()]
-    logger = _single_logger(config)
+    fixed = [f"--config={c}" for c in spec.base] + [f"--{k}={cli_value(v)}" for k, v in spec.overrides.items()]
+    logger = single_logger(config)
     if logger is None or logger.get("class_path") != WANDB_LOGGER:  # a sweep's runs must report to wandb
         fixed += [f"--trainer.logger={WANDB_LOGGER}", "--trainer.logger.init_args.name=null"]
         logger = {"init_args": {}}
     fixed += [f"--trainer.logger.init_args.group={spec.train_name}",
-              f"--trainer.logger.init_args.tags={_wandb_tags(logger, [spec.name])}"]
+              f"--trainer.logger.init_args.tags={wandb_tags(logger, [spec.name])}"]
     return {"name": spec.name, "program": "train.py", "method": "grid",
             "metric": {"name": "val/bleu4", "goal": "maximize"}, "parameters": parameters,
             "command": ["${env}", "python", "${program}", *fixed, "${args}"]}

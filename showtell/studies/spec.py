@@ -20,8 +20,6 @@ import yaml
 from showtell.options import is_int
 
 SPEC_KEYS = {"name", "base", "overrides", "grid", "seeds", "decode", "runs_of"}
-
-
 WANDB_LOGGER = "showtell.loggers.WandbLogger"
 
 
@@ -159,7 +157,7 @@ def train_py_config(args: list[str]) -> dict[str, Any]:
     return yaml.safe_load(out.getvalue()) or {}
 
 
-def _value(value: Any) -> str:
+def cli_value(value: Any) -> str:
     """An option value as train.py's command line reads it (YAML/JSON syntax for non-strings)."""
     if isinstance(value, str):
         return value
@@ -168,7 +166,7 @@ def _value(value: Any) -> str:
 
 def cell_key(cell: dict[str, Any]) -> str:
     """Folder name of a cell, from its values (never its position): ``model.conditioning=pre``."""
-    parts = [f"{k}={_value(v)}" for k, v in cell.items()]
+    parts = [f"{k}={cli_value(v)}" for k, v in cell.items()]
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "__".join(parts))
 
 
@@ -191,7 +189,7 @@ class Run:
         """train.py's arguments for this run (run in the current folder)."""
         args = [f"--config={c}" for c in self.spec.base]
         options = {**self.spec.overrides, **self.cell}
-        args += [f"--{k}={_value(v)}" for k, v in options.items()]
+        args += [f"--{k}={cli_value(v)}" for k, v in options.items()]
         args += [f"--seed_everything={self.seed}", f"--trainer.default_root_dir={self.folder}"]
         return args
 
@@ -225,7 +223,7 @@ def resolved_config(spec: Spec, run: Run) -> dict[str, Any]:
         raise _fail(spec.path, f"cell {run.cell_name}: train.py rejects the options: {err}") from None
 
 
-def _single_logger(config: dict[str, Any]) -> dict[str, Any] | None:
+def single_logger(config: dict[str, Any]) -> dict[str, Any] | None:
     """The run's logger as ``{class_path, init_args}``, or None (no logger, or several)."""
     logger = (config.get("trainer") or {}).get("logger")
     if isinstance(logger, list):
@@ -233,23 +231,23 @@ def _single_logger(config: dict[str, Any]) -> dict[str, Any] | None:
     return logger if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict) else None
 
 
-def _wandb_tags(logger: dict[str, Any], extra: Iterable[str]) -> str:
+def wandb_tags(logger: dict[str, Any], extra: Iterable[str]) -> str:
     """The logger's own tags, then ``extra`` (wandb allows 64 characters a tag), as a YAML list."""
     tags = [*(logger["init_args"].get("tags") or []), *extra]
     return json.dumps(list(dict.fromkeys(tag[:64] for tag in tags)))
 
 
 def _logger_args(config: dict[str, Any], run: Run) -> list[str]:
-    logger = _single_logger(config)
+    logger = single_logger(config)
     if logger is None:
         return []
     args = []
     if "save_dir" in logger["init_args"]:
         args.append(f"--trainer.logger.init_args.save_dir={run.folder}")
     if logger.get("class_path") == WANDB_LOGGER:
-        cell_tags = [f"{k}={_value(v)}" for k, v in run.cell.items()]
+        cell_tags = [f"{k}={cli_value(v)}" for k, v in run.cell.items()]
         args += [f"--trainer.logger.init_args.group={run.spec.train_name}",
-                 f"--trainer.logger.init_args.tags={_wandb_tags(logger, [run.spec.train_name, *cell_tags])}"]
+                 f"--trainer.logger.init_args.tags={wandb_tags(logger, [run.spec.train_name, *cell_tags])}"]
     return args
 
 
