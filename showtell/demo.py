@@ -13,7 +13,8 @@ from showtell.data.synthetic import generate_demo, is_complete
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m showtell.demo --root data/demo [--num_images N] [--seed S] [--image_size P]``."""
-    parser = argparse.ArgumentParser(description="Write the synthetic shapes demo dataset (Kaggle layout).")
+    parser = argparse.ArgumentParser(prog="python -m showtell.demo",
+                                     description="Write the synthetic shapes demo dataset (Kaggle layout).")
     parser.add_argument("--root", required=True, type=Path, help="output folder (new, empty or a demo)")
     parser.add_argument("--num_images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
