@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "showtell"
-LEAVES = {"errors", "files", "options", "vocab", "hardware"}
+LEAVES = {"errors", "files", "lazy", "options", "vocab", "hardware"}
 LAYERS = ["leaves", "metrics", "model", "data", "training", "studies", "perf", "commands"]
 RANK = {"leaves": 0, "metrics": 1, "model": 2, "data": 3, "training": 4, "studies": 5, "perf": 5, "commands": 6}
 ALIASES = {"loggers"}  # old module paths kept for configs and saved runs: one import, downwards

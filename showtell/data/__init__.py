@@ -1,8 +1,10 @@
 """Datasets: finding and parsing every published layout (Flickr8k's three, Karpathy's JSON for Flickr30k and
-COCO), cleaning and splitting, the synthetic datasets, encoder features and their cache, and the data module."""
+COCO), cleaning and splitting, the synthetic datasets, encoder features and their cache, and the data module.
+The names below load on first use: parsing a caption file does not import Lightning."""
 
-from showtell.data.dataset import Batch
-from showtell.data.datamodule import CaptionDataModule, FitData, Flickr8kDataModule
-from showtell.data.sources import CaptionCorpus, load_corpus
+from showtell.lazy import lazy_exports
 
-__all__ = ["Batch", "CaptionCorpus", "CaptionDataModule", "FitData", "Flickr8kDataModule", "load_corpus"]
+_EXPORTS = {"Batch": "dataset", "CaptionCorpus": "sources", "CaptionDataModule": "datamodule", "FitData": "datamodule",
+            "Flickr8kDataModule": "datamodule", "load_corpus": "sources"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

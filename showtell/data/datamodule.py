@@ -126,7 +126,7 @@ class CaptionDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         checked = checked_results()  # train.py checked the options already (and read the features file)
-        features_table = checked["features_table"] if checked else self.check_options(self.hparams)
+        features_table = checked["features_table"] if checked is not None else self.check_options(self.hparams)
         self.root = Path(root).expanduser()
         self._corpus: CaptionCorpus | None = None
         self._vocab: Vocabulary | None = None

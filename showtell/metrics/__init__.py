@@ -1,10 +1,11 @@
 """Corpus caption metrics, exact to coco-caption on the same tokens: BLEU-1..4 (also as a DDP-safe torchmetrics
-``Metric``), CIDEr-D, ROUGE-L and METEOR (coco-caption's jar, optional)."""
+``Metric``), CIDEr-D, ROUGE-L and METEOR (coco-caption's jar, optional). The names below load on first use:
+CIDEr-D alone does not import torchmetrics."""
 
-from showtell.metrics.bleu import CorpusBLEU, corpus_bleu
-from showtell.metrics.cider import CiderReward, DocumentFrequency, cider_d
-from showtell.metrics.rouge import rouge_l
-from showtell.metrics.scores import METRIC_NAMES, caption_metrics, format_metrics_table
+from showtell.lazy import lazy_exports
 
-__all__ = ["METRIC_NAMES", "CiderReward", "CorpusBLEU", "DocumentFrequency", "caption_metrics", "cider_d",
-           "corpus_bleu", "format_metrics_table", "rouge_l"]
+_EXPORTS = {"CorpusBLEU": "bleu", "corpus_bleu": "bleu", "CiderReward": "cider", "DocumentFrequency": "cider",
+            "cider_d": "cider", "rouge_l": "rouge", "METRIC_NAMES": "scores", "caption_metrics": "scores",
+            "format_metrics_table": "scores"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

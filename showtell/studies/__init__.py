@@ -1,7 +1,9 @@
-"""Studies: a grid of train.py options x seeds run as ordinary commands (one folder each), and their report."""
+"""Studies: a grid of train.py options x seeds run as ordinary commands (one folder each), and their report.
+The names below load on first use."""
 
-from showtell.studies.report import write_report
-from showtell.studies.runner import run_study
-from showtell.studies.spec import Spec, load_spec, plan_runs
+from showtell.lazy import lazy_exports
 
-__all__ = ["Spec", "load_spec", "plan_runs", "run_study", "write_report"]
+_EXPORTS = {"Spec": "spec", "load_spec": "spec", "plan_runs": "spec", "run_study": "runner",
+            "write_report": "report"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,9 @@
 """Training and running a captioner with Lightning: the ``LightningModule``, self-critical training, the CLI
 (``ShowTellCLI``), checkpoints, callbacks (outputs, loggers, SIGTERM), and the predict loop of the caption
-command."""
+command. The names below load on first use."""
 
-from showtell.training.loading import load_model
-from showtell.training.module import ShowTellModule
+from showtell.lazy import lazy_exports
 
-__all__ = ["ShowTellModule", "load_model"]
+_EXPORTS = {"ShowTellModule": "module", "load_model": "loading", "ShowTellCLI": "cli"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

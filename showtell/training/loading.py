@@ -33,5 +33,5 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, **overri
 def load_model(path: str | Path, **overrides: Any) -> tuple[ShowTellModule, dict[str, Any]]:
     """The model on the CPU in eval mode and the data module arguments it was trained with ({} if none)."""
     checkpoint = read_checkpoint(path)
-    return model_from_checkpoint(checkpoint, path, **overrides), dict(checkpoint.get("datamodule_hyper_parameters")
-                                                                       or {})
+    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    return model_from_checkpoint(checkpoint, path, **overrides), data_hparams
